@@ -1,0 +1,92 @@
+"""LURE_*, IOC_*, ATT_*: what the message says and links to.
+
+Lure wording and free-hosting suffixes are data (config ``[lures]`` and ``[intel]``); the
+published campaign IOCs ship in ``intel/data`` and users add their own lists. QR codes are
+read by rendering PDF pages and images (``attachments.qr``), and their URLs go through the same
+link checks as the body's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+
+from dsguard.attachments.urls import is_ip_literal_host, url_host
+from dsguard.checks.base import Facts, Hit
+
+_TAG = re.compile(r"<[^>]{0,2000}>")
+_LURE_TEXT_CHARS = 64 * 1024
+_HTML_ATTACHMENT = re.compile(r"\.(?:html?|shtml|xhtml|svg|mht|mhtml|hta)$", re.IGNORECASE)
+
+
+def compile_lures(patterns: Mapping[str, tuple[str, ...]]) -> dict[str, re.Pattern[str]]:
+    return {
+        finding_id: re.compile("|".join(f"(?:{p})" for p in regexes), re.IGNORECASE)
+        for finding_id, regexes in patterns.items()
+        if regexes
+    }
+
+
+def check_lures(f: Facts, lures: Mapping[str, re.Pattern[str]]) -> Iterator[Hit]:
+    body = f.message.body
+    places = [("subject", f.message.subject or "")]
+    places += [("attachment name", a.filename) for a in body.attachments if a.filename]
+    places += [("body", t[:_LURE_TEXT_CHARS]) for t in body.texts]
+    places += [("body", _TAG.sub(" ", h[: _LURE_TEXT_CHARS * 4])[:_LURE_TEXT_CHARS]) for h in body.htmls]
+    for finding_id, regex in lures.items():
+        for where, text in places:
+            m = regex.search(text)
+            if m:
+                yield Hit(finding_id, f"lure wording in the {where}: {m.group(0)!r}",
+                          f"{where}: {text[max(0, m.start() - 30): m.end() + 30].strip()}")
+                break
+
+
+def check_links(f: Facts) -> Iterator[Hit]:
+    intel = f.intel
+    env = f.envelope
+    if env.client_ip:
+        match = intel.iocs.match_ip(env.client_ip)
+        if match:
+            yield Hit("IOC_KNOWN_IP", f"connecting IP {env.client_ip} is a known indicator",
+                      f"{match.indicator} ({match.source}) {match.note}".strip())
+    qr = set(f.qr_urls)
+    links = f.links
+    for url in list(links.urls) + [u for u in f.qr_urls if u not in links.urls]:
+        where = "QR code" if url in qr else "link"
+        host = url_host(url)
+        match = intel.iocs.match_url(url)
+        if match:
+            finding = "IOC_KNOWN_URL" if "://" in match.indicator else "IOC_KNOWN_DOMAIN"
+            yield Hit(finding, f"{where} to known indicator {match.indicator}",
+                      f"{url} ({match.source}) {match.note}".strip())
+        if host is None:
+            continue
+        suffix = intel.free_hosting.match(host)
+        if suffix:
+            yield Hit("IOC_FREE_HOSTING_LINK", f"{where} to free hosting ({suffix}): {host}", url)
+        if is_ip_literal_host(host):
+            yield Hit("IOC_IP_LITERAL_URL", f"{where} to a bare IP address {host}", url)
+    if links.limit_hit:
+        yield Hit("LIMIT_URLS", f"more than {f.config.limits.max_urls} links; the rest were not examined")
+
+
+def check_attachments(f: Facts) -> Iterator[Hit]:
+    for att in f.message.body.attachments:
+        if _HTML_ATTACHMENT.search(att.filename) or (
+            att.content_type in ("text/html", "image/svg+xml", "application/xhtml+xml") and att.filename
+        ):
+            yield Hit("ATT_HTML", f"active-content attachment {att.filename!r}", att.content_type)
+    for result in f.qr_results:
+        scan = result.scan
+        name = result.attachment.filename or result.attachment.content_type
+        if scan.texts:
+            finding = "ATT_QR_PDF" if result.kind == "pdf" else "ATT_QR_IMAGE"
+            yield Hit(finding, f"QR code in {name!r} leads to {scan.texts[0][:120]}",
+                      "; ".join(t[:200] for t in scan.texts[:3]))
+        if scan.error:
+            yield Hit("ATT_UNREADABLE", f"{name!r} could not be decoded: {scan.error}")
+        if scan.page_limit_hit:
+            yield Hit("LIMIT_PDF_PAGES", f"{name!r}: only the first {scan.pages_scanned} pages rendered")
+        if scan.timed_out:
+            yield Hit("LIMIT_DECODE_TIME", f"decoding stopped at {name!r}: max_decode_seconds reached")

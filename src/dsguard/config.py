@@ -1,0 +1,272 @@
+"""One TOML file -> typed, validated settings.
+
+The package ships ``defaults.toml`` (scores, thresholds, lures, limits, free-hosting list). A
+user's file is merged over it: tables merge key by key, lists and scalars replace. Validation
+reports every mistake at once, each as ``section.key: problem``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dsguard.errors import ConfigError
+
+_DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_domain(value: str) -> str:
+    domain = value.strip().lower().rstrip(".")
+    if not _DOMAIN_RE.match(domain):
+        raise ValueError(f"{value!r} is not a domain name (use e.g. 'contoso.com' or '*.contoso.com')")
+    return domain
+
+
+class Connector(_Strict):
+    """An inbound connector, as in Exchange Online's partner connectors."""
+
+    name: str = Field(min_length=1)
+    sender_ip_ranges: tuple[str, ...] = ()
+    tls_certificate_name: str | None = None
+    sender_domains: tuple[str, ...] = ()
+
+    @field_validator("sender_ip_ranges")
+    @classmethod
+    def _ranges(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for value in values:
+            try:
+                out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+        return tuple(out)
+
+    @field_validator("sender_domains")
+    @classmethod
+    def _domains(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if value.strip() == "*":
+                # Microsoft: -SenderDomains * with a restrict flag breaks all inbound mail, and
+                # here it would let the connector send as anyone.
+                raise ValueError("'*' is not allowed: list the accepted domains this connector may use")
+        return tuple(_check_domain(v) for v in values)
+
+    @field_validator("tls_certificate_name")
+    @classmethod
+    def _cert_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_domain(value)
+
+    @model_validator(mode="after")
+    def _has_match(self) -> Connector:
+        if not self.sender_ip_ranges and not self.tls_certificate_name:
+            raise ValueError(
+                f"connector {self.name!r} needs sender_ip_ranges or tls_certificate_name"
+            )
+        return self
+
+
+class Organization(_Strict):
+    accepted_domains: tuple[str, ...] = ()
+    reject_direct_send: Literal["on", "off", "audit"] = "audit"
+    check_header_from: bool = True
+    # ISO 3166 alpha-2 codes the organisation's own mail normally comes from (optional).
+    home_countries: tuple[str, ...] = ()
+
+    @field_validator("accepted_domains")
+    @classmethod
+    def _domains(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_domain(v) for v in values)
+
+    @field_validator("home_countries")
+    @classmethod
+    def _countries(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for value in values:
+            if not re.fullmatch(r"[A-Za-z]{2}", value):
+                raise ValueError(f"{value!r} is not a two-letter country code")
+            out.append(value.upper())
+        return tuple(out)
+
+
+class Trust(_Strict):
+    """Which stamps count as the receiving organisation's own (the trusted hop)."""
+
+    # Host names (globs like "*.contoso.com") of the organisation's receiving MTAs.
+    receivers: tuple[str, ...] = ()
+    # authserv-ids whose Authentication-Results are the organisation's.
+    authserv_ids: tuple[str, ...] = ()
+    # Relays inside the organisation (content filters, internal hubs).
+    internal_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Trust Exchange Online's stamps when its inbound frontend is the receiving hop.
+    microsoft365: bool = True
+
+    @field_validator("internal_networks")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for value in values:
+            try:
+                out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+        return tuple(out)
+
+
+class Composite(_Strict):
+    """A finding raised when other findings occur together (rspamd-style composite)."""
+
+    description: str
+    all_of: tuple[str, ...] = ()
+    any_of: tuple[str, ...] = ()
+    score: float = 0.0
+
+
+class Scoring(_Strict):
+    suspicious: float = 5.0
+    malicious: float = 10.0
+    scores: dict[str, float] = Field(default_factory=dict)
+    composites: dict[str, Composite] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _order(self) -> Scoring:
+        if self.malicious < self.suspicious:
+            raise ValueError("malicious threshold must not be below the suspicious threshold")
+        return self
+
+
+class Actions(_Strict):
+    clean: Literal["deliver", "tag", "quarantine", "reject"] = "deliver"
+    suspicious: Literal["deliver", "tag", "quarantine", "reject"] = "tag"
+    malicious: Literal["deliver", "tag", "quarantine", "reject"] = "quarantine"
+
+
+class Limits(_Strict):
+    """Hard limits on hostile input. Hitting one is a finding, never a crash."""
+
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_headers: int = Field(default=1000, gt=0)
+    max_header_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_mime_depth: int = Field(default=20, gt=0)
+    max_mime_parts: int = Field(default=500, gt=0)
+    max_text_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    max_attachment_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_urls: int = Field(default=500, gt=0)
+    max_pdf_pages: int = Field(default=5, gt=0)
+    max_images: int = Field(default=20, ge=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    max_decode_seconds: float = Field(default=10.0, gt=0)
+    pdf_render_dpi: int = Field(default=110, ge=36, le=400)
+    decode_qr: bool = True
+
+
+class Intel(_Strict):
+    # Extra IOC list files (one indicator per line: IP, CIDR, domain or URL; '#' comments).
+    ioc_files: tuple[str, ...] = ()
+    # Use the bundled list of published campaign indicators.
+    bundled_iocs: bool = True
+    # Registrable or host suffixes of free hosting / app platforms abused for phishing pages.
+    free_hosting: tuple[str, ...] = ()
+
+
+class Lures(_Strict):
+    """Lure themes: finding id -> regular expressions (case-insensitive) on subject, body
+    and attachment names."""
+
+    patterns: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, values: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for finding_id, regexes in values.items():
+            for regex in regexes:
+                try:
+                    re.compile(regex)
+                except re.error as exc:
+                    raise ValueError(f"{finding_id}: bad regular expression {regex!r}: {exc}") from None
+        return values
+
+
+class Config(_Strict):
+    organization: Organization = Field(default_factory=Organization)
+    connectors: tuple[Connector, ...] = ()
+    trust: Trust = Field(default_factory=Trust)
+    scoring: Scoring = Field(default_factory=Scoring)
+    actions: Actions = Field(default_factory=Actions)
+    limits: Limits = Field(default_factory=Limits)
+    intel: Intel = Field(default_factory=Intel)
+    lures: Lures = Field(default_factory=Lures)
+    # Where the file came from (for messages); not a TOML key.
+    source: str = Field(default="<defaults>", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_connectors(self) -> Config:
+        names = [c.name for c in self.connectors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"connector names must be unique: {', '.join(dupes)}")
+        return self
+
+
+def _defaults_text() -> str:
+    return resources.files("dsguard").joinpath("defaults.toml").read_text(encoding="utf-8")
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        problems.append(f"{where}: {msg}")
+    return problems
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load the shipped defaults, merge the user's file (if any) and ``overrides`` over them.
+
+    Raises ConfigError naming the file and every problem found.
+    """
+    data: dict[str, Any] = tomllib.loads(_defaults_text())
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(source, ["file not found"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(source, [f"cannot read: {exc}"]) from None
+        try:
+            user = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+        data = _merge(data, user)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _format_errors(exc)) from None
+    return config.model_copy(update={"source": source})

@@ -1,0 +1,63 @@
+"""Exchange Online / EOP stamps: which hosts are Microsoft's, and what its headers say.
+
+Field meanings follow Microsoft Learn "Anti-spam message headers in cloud organizations"
+(X-Forefront-Antispam-Report: CIP, CTRY, H, SCL, SFV, CAT, SFTY, DIR) and the compauth reason
+table (000/001 fail; 010 and 6xx: the From domain is one of the tenant's accepted domains).
+
+SECURITY: these headers are only facts when the message demonstrably arrived through
+Exchange Online's inbound frontend (``mail.envelope`` decides that). Exchange's header firewall
+strips ``X-MS-Exchange-Organization-*`` from untrusted senders, so inside a tenant the copies
+present are Exchange's own; outside that case they are the sender's words.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Exchange Online inbound frontends: worldwide, Germany, GCC High/DoD, 21Vianet.
+_EXO_FRONTEND = re.compile(
+    r"\.mail\.protection\.(?:outlook\.com|outlook\.de|office365\.us|partner\.outlook\.cn)$"
+)
+# Hosts inside Exchange Online (mailbox, hub and EOP servers).
+_EXO_INTERNAL = re.compile(
+    r"(?:^|\.)(?:outlook\.com|outlook\.de|office365\.us|partner\.outlook\.cn|"
+    r"exchangelabs\.com|outlook\.office365\.com)$"
+)
+
+MAX_XFAR_FIELDS = 64
+
+
+def is_exo_frontend(host: str | None) -> bool:
+    return bool(host) and _EXO_FRONTEND.search(host.lower().rstrip(".")) is not None  # type: ignore[union-attr]
+
+
+def is_exo_internal(host: str | None) -> bool:
+    return bool(host) and _EXO_INTERNAL.search(host.lower().rstrip(".")) is not None  # type: ignore[union-attr]
+
+
+def parse_forefront(value: str) -> dict[str, str]:
+    """``X-Forefront-Antispam-Report: CIP:1.2.3.4;CTRY:UA;...`` -> {"CIP": "1.2.3.4", ...}."""
+    out: dict[str, str] = {}
+    for item in value.split(";")[:MAX_XFAR_FIELDS]:
+        key, sep, val = item.partition(":")
+        key = key.strip()
+        if sep and key and key not in out:
+            out[key.upper()] = val.strip()
+    return out
+
+
+def compauth_is_intraorg(reason: str | None) -> bool:
+    """compauth reason 010, or 6xx: failed and the From domain is an accepted domain."""
+    if not reason:
+        return False
+    r = reason.strip()
+    return r == "010" or (len(r) == 3 and r.startswith("6") and r.isdigit())
+
+
+def scl_value(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None

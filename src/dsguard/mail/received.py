@@ -1,0 +1,174 @@
+"""Parse ``Received:`` trace fields (RFC 5321 section 4.4) as MTAs actually write them.
+
+Forms handled: Postfix/Sendmail ``from HELO (rdns [IP])``, Exchange/EOP ``from HELO (IP)``,
+Exim ``from rdns ([IP] helo=HELO)``, Gmail ``from HELO (rdns. [IP])``, and
+``(Authenticated sender: user)`` / ``with ESMTPSA`` for SMTP AUTH (RFC 3848).
+
+SECURITY: only the receiver-recorded parts are taken as facts by callers (the IP in the
+comment, never the HELO token, is the client IP). Lines are attacker-controlled below the
+trusted hop; the tokenizer is linear and comment nesting is capped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+_MAX_CHARS = 4096
+_MAX_DEPTH = 8
+_KEYWORDS = frozenset({"from", "by", "via", "with", "id", "for"})
+_BRACKET_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
+_BARE_IP = re.compile(r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])")
+_HELO_IN_COMMENT = re.compile(r"\bhelo=([^\s)\]]+)", re.IGNORECASE)
+_AUTH_SENDER = re.compile(r"Authenticated sender:\s*([^\s)]+)", re.IGNORECASE)
+_FOR_ADDR = re.compile(r"<?([^<>\s;]+@[^<>\s;]+)>?")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedHop:
+    index: int  # position among the message's header fields (0 = topmost)
+    raw: str
+    from_name: str | None  # the name the client gave (HELO/EHLO), as recorded
+    from_rdns: str | None  # reverse DNS the receiver recorded, when it shows one
+    from_ip: str | None  # the connecting IP the receiver recorded
+    by: str | None  # the receiving host
+    with_proto: str | None
+    for_addr: str | None
+    auth_user: str | None  # SMTP AUTH identity if the receiver recorded one
+    authenticated: bool  # RFC 3848 ESMTPA/ESMTPSA/LMTPA or an "Authenticated sender" comment
+    tls: bool  # ESMTPS/ESMTPSA or a TLS comment
+    date: str | None
+
+
+def _valid_ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return None
+
+
+def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
+    """Split into top-level words, each with the comments that follow it; and the date."""
+    text = value[:_MAX_CHARS]
+    date = None
+    # The date follows the last ';' outside comments.
+    depth = 0
+    semi = -1
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth = min(depth + 1, _MAX_DEPTH)
+        elif ch == ")":
+            depth = max(depth - 1, 0)
+        elif ch == ";" and depth == 0:
+            semi = i
+    if semi != -1:
+        date = text[semi + 1:].strip() or None
+        text = text[:semi]
+    words: list[tuple[str, list[str]]] = []
+    depth = 0
+    buf: list[str] = []
+    comment: list[str] = []
+    for ch in text:
+        if ch == "(":
+            if depth == 0:
+                if buf:
+                    words.append(("".join(buf), []))
+                    buf = []
+            else:
+                comment.append(ch)
+            depth = min(depth + 1, _MAX_DEPTH)
+        elif ch == ")" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                if not words:
+                    words.append(("", []))
+                words[-1][1].append("".join(comment))
+                comment = []
+            else:
+                comment.append(ch)
+        elif depth > 0:
+            comment.append(ch)
+        elif ch in " \t\r\n":
+            if buf:
+                words.append(("".join(buf), []))
+                buf = []
+        else:
+            buf.append(ch)
+    if buf:
+        words.append(("".join(buf), []))
+    if comment and words:
+        words[-1][1].append("".join(comment))
+    return words, date
+
+
+def parse_received(value: str, index: int) -> ReceivedHop:
+    words, date = _tokenize(value)
+    clauses: dict[str, tuple[str, list[str]]] = {}
+    current: str | None = None
+    for word, comments in words:
+        low = word.lower()
+        if low in _KEYWORDS and low not in clauses:
+            current = low
+            clauses[current] = ("", list(comments))
+            continue
+        if current is None:
+            continue
+        token, existing = clauses[current]
+        clauses[current] = (token if token else word, existing + comments)
+
+    from_name = from_rdns = from_ip = None
+    auth_user = None
+    if "from" in clauses:
+        token, comments = clauses["from"]
+        from_name = token or None
+        joined = " ".join(comments)
+        m = _BRACKET_IP.search(joined)
+        if m:
+            from_ip = _valid_ip(m.group(1))
+            before = joined[: m.start()].strip().rstrip(".")
+            if before and " " not in before and not before.lower().startswith("helo="):
+                from_rdns = before.lower()
+        if from_ip is None:
+            for candidate in _BARE_IP.findall(joined):
+                from_ip = _valid_ip(candidate)
+                if from_ip:
+                    break
+        helo = _HELO_IN_COMMENT.search(joined)
+        if helo:
+            # Exim writes the reverse name first and the HELO as helo=...
+            if from_name and from_rdns is None and not from_name.startswith("["):
+                from_rdns = from_name.lower()
+            from_name = helo.group(1)
+        if from_rdns and from_rdns in ("unknown", ""):
+            from_rdns = None
+    all_comments = " ".join(" ".join(c) for _, c in clauses.values())
+    m = _AUTH_SENDER.search(all_comments)
+    if m:
+        auth_user = m.group(1)
+    with_proto = clauses["with"][0] if "with" in clauses else None
+    proto = (with_proto or "").upper()
+    authenticated = auth_user is not None or proto in {"ESMTPA", "ESMTPSA", "LMTPA", "LMTPSA"}
+    tls = proto in {"ESMTPS", "ESMTPSA", "LMTPS", "LMTPSA"} or bool(
+        re.search(r"\b(?:TLS1|TLSv1|version=TLS)", all_comments)
+    )
+    for_addr = None
+    if "for" in clauses and clauses["for"][0]:
+        fm = _FOR_ADDR.match(clauses["for"][0])
+        if fm:
+            for_addr = fm.group(1).strip(";")
+    by = clauses["by"][0] if "by" in clauses and clauses["by"][0] else None
+    return ReceivedHop(
+        index=index,
+        raw=value,
+        from_name=from_name,
+        from_rdns=from_rdns,
+        from_ip=from_ip,
+        by=by.lower().rstrip(".") if by else None,
+        with_proto=with_proto,
+        for_addr=for_addr,
+        auth_user=auth_user,
+        authenticated=authenticated,
+        tls=tls,
+        date=date,
+    )
