@@ -1,0 +1,55 @@
+"""One TOML file, every mistake reported at once, one line each."""
+
+from pathlib import Path
+
+import pytest
+
+from dsguard.config import load_config
+from dsguard.engine import Engine
+from dsguard.errors import ConfigError
+
+
+def test_defaults_load_and_every_finding_has_a_score() -> None:
+    cfg = load_config()
+    Engine(cfg)  # validate_scoring raises on a finding id without a score
+    assert cfg.organization.reject_direct_send == "audit"
+
+
+def test_user_file_merges_over_defaults(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[organization]\naccepted_domains = ["Contoso.com", "*.fabrikam.com"]\n'
+                 '[scoring.scores]\nDS_SELF_ADDRESSED = 4.5\n')
+    cfg = load_config(p)
+    assert cfg.organization.accepted_domains == ("contoso.com", "*.fabrikam.com")
+    assert cfg.scoring.scores["DS_SELF_ADDRESSED"] == 4.5
+    assert cfg.scoring.scores["DS_SPOOF_ENVELOPE"] == 6.0  # untouched default
+
+
+def test_every_mistake_is_reported(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(
+        '[organization]\naccepted_domains = ["not a domain"]\nreject_direct_send = "maybe"\nfoo = 1\n'
+        '[[connectors]]\nname = "x"\nsender_ip_ranges = ["300.1.1.1/32"]\nsender_domains = ["*"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    text = "\n".join(info.value.problems)
+    assert "organization.accepted_domains.0" in text and "not a domain" in text
+    assert "organization.reject_direct_send" in text
+    assert "organization.foo: unknown setting" in text
+    assert "300.1.1.1/32" in text and "'*' is not allowed" in text
+
+
+def test_unknown_finding_in_scores_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[scoring.scores]\nDS_TYPO = 1.0\n")
+    with pytest.raises(ConfigError, match="DS_TYPO: unknown finding id"):
+        Engine(load_config(p))
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text("[organization\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml")
