@@ -47,7 +47,9 @@ def _chunks(items: Iterable[RawMessage | LoadError]) -> Iterator[list[RawMessage
 
 
 def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def scan_stream(
@@ -60,7 +62,9 @@ def scan_stream(
             yield scanner.scan_item(item)
         return
     window: deque[Future[list[ScanResult]]] = deque()
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(config,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, initializer=_init_worker, initargs=(config,)
+    ) as pool:
         for chunk in _chunks(items):
             window.append(pool.submit(_scan_chunk, chunk))
             while len(window) >= 2 * jobs:

@@ -29,7 +29,9 @@ class _Strict(BaseModel):
 def _check_domain(value: str) -> str:
     domain = value.strip().lower().rstrip(".")
     if not _DOMAIN_RE.match(domain):
-        raise ValueError(f"{value!r} is not a domain name (use e.g. 'contoso.com' or '*.contoso.com')")
+        raise ValueError(
+            f"{value!r} is not a domain name (use e.g. 'contoso.com' or '*.contoso.com')"
+        )
     return domain
 
 
@@ -59,7 +61,9 @@ class Connector(_Strict):
             if value.strip() == "*":
                 # Microsoft: -SenderDomains * with a restrict flag breaks all inbound mail, and
                 # here it would let the connector send as anyone.
-                raise ValueError("'*' is not allowed: list the accepted domains this connector may use")
+                raise ValueError(
+                    "'*' is not allowed: list the accepted domains this connector may use"
+                )
         return tuple(_check_domain(v) for v in values)
 
     @field_validator("tls_certificate_name")
@@ -193,7 +197,9 @@ class Lures(_Strict):
                 try:
                     re.compile(regex)
                 except re.error as exc:
-                    raise ValueError(f"{finding_id}: bad regular expression {regex!r}: {exc}") from None
+                    raise ValueError(
+                        f"{finding_id}: bad regular expression {regex!r}: {exc}"
+                    ) from None
         return values
 
 
@@ -243,7 +249,9 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
     """Load the shipped defaults, merge the user's file (if any) and ``overrides`` over them.
 
     Raises ConfigError naming the file and every problem found.

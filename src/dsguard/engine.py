@@ -121,8 +121,15 @@ class Engine:
         p1 = decide_p1(mode, facts.accepted, facts.attribution, facts.p1_domain)
         proven = facts.auth.proven_domains(facts.own_claims)
         shown = facts.header_from.addr if facts.header_from else ""
-        p2 = decide_p2(mode, org.check_header_from, facts.accepted, facts.attribution,
-                       facts.own_claims, proven, shown)
+        p2 = decide_p2(
+            mode,
+            org.check_header_from,
+            facts.accepted,
+            facts.attribution,
+            facts.own_claims,
+            proven,
+            shown,
+        )
         return (p1, p2)
 
     def _run(self, facts: Facts) -> Iterator[Hit]:
@@ -139,7 +146,9 @@ class Engine:
                 merged[hit.id][1].append(hit.evidence)
         scores = self.config.scoring.scores
         findings = [
-            Finding(fid, scores.get(fid, 0.0), _clean(summary), _clean(" | ".join(ev))[:MAX_EVIDENCE])
+            Finding(
+                fid, scores.get(fid, 0.0), _clean(summary), _clean(" | ".join(ev))[:MAX_EVIDENCE]
+            )
             for fid, (summary, ev) in merged.items()
         ]
         ids = list(merged)
@@ -147,9 +156,14 @@ class Engine:
             if all(any(fnmatch.fnmatchcase(i, p) for i in ids) for p in comp.all_of) and (
                 not comp.any_of or any(fnmatch.fnmatchcase(i, p) for i in ids for p in comp.any_of)
             ):
-                parts = [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in comp.all_of + comp.any_of)]
-                findings.append(Finding(cid, scores.get(cid, comp.score), comp.description,
-                                        " + ".join(parts)))
+                parts = [
+                    i
+                    for i in ids
+                    if any(fnmatch.fnmatchcase(i, p) for p in comp.all_of + comp.any_of)
+                ]
+                findings.append(
+                    Finding(cid, scores.get(cid, comp.score), comp.description, " + ".join(parts))
+                )
         findings.sort(key=lambda f: (-f.score, f.id))
         return tuple(findings)
 

@@ -80,17 +80,19 @@ class Scanner:
             return error_result(item)
         try:
             return self.scan(item)
-        except Exception as exc:  # noqa: BLE001 -- one bad message must not stop a batch
+        except Exception as exc:
             where = item.path if item.index is None else f"{item.path}#{item.index}"
             return ScanResult(
-                path=item.path, index=item.index,
+                path=item.path,
+                index=item.index,
                 error=f"internal error while analysing {where}: {type(exc).__name__}: {exc}"[:300],
             )
 
 
 def error_result(err: LoadError) -> ScanResult:
-    return ScanResult(path=err.path, index=err.index, error=err.problem,
-                      notes=() if err.fatal else ("skipped",))
+    return ScanResult(
+        path=err.path, index=err.index, error=err.problem, notes=() if err.fatal else ("skipped",)
+    )
 
 
 def _short(value: str | None, limit: int = 200) -> str | None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 _MAX_CHARS = 8192
 _MAX_RESULTS = 64
 _METHOD = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)(?:/\d+)?\s*=\s*([A-Za-z][A-Za-z0-9_-]*)")
-_PROP = re.compile(r"([A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)?)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s;]+)")
+_PROP = re.compile(
+    r"([A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)?)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s;]+)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +117,7 @@ def parse_authentication_results(value: str, index: int = 0) -> AuthResultsHeade
         m = _METHOD.match(plain)
         if not m:
             continue  # "none", Microsoft's stray domain token, or junk
-        props = tuple(
-            (k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end():])
-        )
+        props = tuple((k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end() :]))
         results.append(MethodResult(m.group(1).lower(), m.group(2).lower(), props, comment))
     return AuthResultsHeader(authserv_id, tuple(results), index, value)
 

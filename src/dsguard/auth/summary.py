@@ -70,8 +70,8 @@ def summarise(
         for res in ar.results:
             if res.method == "spf" and spf is None:
                 spf = res.result
-                mf = res.prop("smtp.mailfrom") or res.prop("smtp.helo")
-                spf_domain = (domain_of(mf) if "@" in (mf or "") else (mf or "").lower()) or None
+                mf = res.prop("smtp.mailfrom") or res.prop("smtp.helo") or ""
+                spf_domain = (domain_of(mf) if "@" in mf else mf.lower()) or None
             elif res.method == "dkim":
                 d = res.prop("header.d") or domain_of(res.prop("header.i") or "")
                 if d and d != "none":

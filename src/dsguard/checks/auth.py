@@ -22,21 +22,36 @@ def check(f: Facts) -> Iterator[Hit]:
             )
     else:
         if a.spf == "fail":
-            yield Hit("AUTH_SPF_FAIL", f"SPF failed for {a.spf_domain or 'the envelope domain'}",
-                      f"spf=fail smtp.mailfrom={a.spf_domain}")
+            yield Hit(
+                "AUTH_SPF_FAIL",
+                f"SPF failed for {a.spf_domain or 'the envelope domain'}",
+                f"spf=fail smtp.mailfrom={a.spf_domain}",
+            )
         elif a.spf == "softfail":
-            yield Hit("AUTH_SPF_SOFTFAIL", f"SPF soft-failed for {a.spf_domain or 'the envelope domain'}",
-                      f"spf=softfail smtp.mailfrom={a.spf_domain}")
+            yield Hit(
+                "AUTH_SPF_SOFTFAIL",
+                f"SPF soft-failed for {a.spf_domain or 'the envelope domain'}",
+                f"spf=softfail smtp.mailfrom={a.spf_domain}",
+            )
         failed = [d for r, d in a.dkim if r in ("fail", "permerror")]
         if failed and not any(r == "pass" for r, _ in a.dkim):
-            yield Hit("AUTH_DKIM_FAIL", "DKIM signature did not verify",
-                      "; ".join(f"dkim=fail header.d={d}" for d in failed))
+            yield Hit(
+                "AUTH_DKIM_FAIL",
+                "DKIM signature did not verify",
+                "; ".join(f"dkim=fail header.d={d}" for d in failed),
+            )
         if a.dmarc == "fail":
-            yield Hit("AUTH_DMARC_FAIL", f"DMARC failed for {a.dmarc_from or 'the From domain'}",
-                      f"dmarc=fail header.from={a.dmarc_from} action={a.dmarc_action}")
+            yield Hit(
+                "AUTH_DMARC_FAIL",
+                f"DMARC failed for {a.dmarc_from or 'the From domain'}",
+                f"dmarc=fail header.from={a.dmarc_from} action={a.dmarc_action}",
+            )
         if a.compauth == "fail":
-            yield Hit("AUTH_COMPAUTH_FAIL", f"Microsoft composite authentication failed (reason {a.compauth_reason})",
-                      f"compauth=fail reason={a.compauth_reason}")
+            yield Hit(
+                "AUTH_COMPAUTH_FAIL",
+                f"Microsoft composite authentication failed (reason {a.compauth_reason})",
+                f"compauth=fail reason={a.compauth_reason}",
+            )
         if compauth_is_intraorg(a.compauth_reason) and a.compauth != "pass":
             yield Hit(
                 "AUTH_COMPAUTH_INTRAORG",
@@ -58,7 +73,12 @@ def _forged(f: Facts) -> Iterator[Hit]:
         )
     for ar in hops.untrusted_results:
         for res in ar.results:
-            if res.result not in _CLAIMS_PASS or res.method not in ("spf", "dkim", "dmarc", "compauth"):
+            if res.result not in _CLAIMS_PASS or res.method not in (
+                "spf",
+                "dkim",
+                "dmarc",
+                "compauth",
+            ):
                 continue
             domain = (
                 res.prop("header.from") or res.prop("header.d") or res.prop("smtp.mailfrom") or ""

@@ -182,13 +182,18 @@ class Facts:
         images = 0
         for att in self.message.body.attachments:
             head = att.data[:8]
-            is_pdf = att.content_type in _PDF_TYPES or head.startswith(b"%PDF") or (
-                att.filename.lower().endswith(".pdf")
+            is_pdf = (
+                att.content_type in _PDF_TYPES
+                or head.startswith(b"%PDF")
+                or (att.filename.lower().endswith(".pdf"))
             )
             if is_pdf:
                 scan = scan_pdf(
-                    att.data, max_pages=limits.max_pdf_pages, dpi=limits.pdf_render_dpi,
-                    deadline=deadline, max_pixels=limits.max_image_pixels,
+                    att.data,
+                    max_pages=limits.max_pdf_pages,
+                    dpi=limits.pdf_render_dpi,
+                    deadline=deadline,
+                    max_pixels=limits.max_image_pixels,
                 )
                 out.append(QrResult(att, "pdf", scan))
             elif att.content_type.startswith("image/") or head.startswith(_IMAGE_MAGIC):

@@ -32,13 +32,18 @@ def check_lures(f: Facts, lures: Mapping[str, re.Pattern[str]]) -> Iterator[Hit]
     places = [("subject", f.message.subject or "")]
     places += [("attachment name", a.filename) for a in body.attachments if a.filename]
     places += [("body", t[:_LURE_TEXT_CHARS]) for t in body.texts]
-    places += [("body", _TAG.sub(" ", h[: _LURE_TEXT_CHARS * 4])[:_LURE_TEXT_CHARS]) for h in body.htmls]
+    places += [
+        ("body", _TAG.sub(" ", h[: _LURE_TEXT_CHARS * 4])[:_LURE_TEXT_CHARS]) for h in body.htmls
+    ]
     for finding_id, regex in lures.items():
         for where, text in places:
             m = regex.search(text)
             if m:
-                yield Hit(finding_id, f"lure wording in the {where}: {m.group(0)!r}",
-                          f"{where}: {text[max(0, m.start() - 30): m.end() + 30].strip()}")
+                yield Hit(
+                    finding_id,
+                    f"lure wording in the {where}: {m.group(0)!r}",
+                    f"{where}: {text[max(0, m.start() - 30) : m.end() + 30].strip()}",
+                )
                 break
 
 
@@ -48,8 +53,11 @@ def check_links(f: Facts) -> Iterator[Hit]:
     if env.client_ip:
         match = intel.iocs.match_ip(env.client_ip)
         if match:
-            yield Hit("IOC_KNOWN_IP", f"connecting IP {env.client_ip} is a known indicator",
-                      f"{match.indicator} ({match.source}) {match.note}".strip())
+            yield Hit(
+                "IOC_KNOWN_IP",
+                f"connecting IP {env.client_ip} is a known indicator",
+                f"{match.indicator} ({match.source}) {match.note}".strip(),
+            )
     qr = set(f.qr_urls)
     links = f.links
     for url in list(links.urls) + [u for u in f.qr_urls if u not in links.urls]:
@@ -58,8 +66,11 @@ def check_links(f: Facts) -> Iterator[Hit]:
         match = intel.iocs.match_url(url)
         if match:
             finding = "IOC_KNOWN_URL" if "://" in match.indicator else "IOC_KNOWN_DOMAIN"
-            yield Hit(finding, f"{where} to known indicator {match.indicator}",
-                      f"{url} ({match.source}) {match.note}".strip())
+            yield Hit(
+                finding,
+                f"{where} to known indicator {match.indicator}",
+                f"{url} ({match.source}) {match.note}".strip(),
+            )
         if host is None:
             continue
         suffix = intel.free_hosting.match(host)
@@ -68,13 +79,16 @@ def check_links(f: Facts) -> Iterator[Hit]:
         if is_ip_literal_host(host):
             yield Hit("IOC_IP_LITERAL_URL", f"{where} to a bare IP address {host}", url)
     if links.limit_hit:
-        yield Hit("LIMIT_URLS", f"more than {f.config.limits.max_urls} links; the rest were not examined")
+        yield Hit(
+            "LIMIT_URLS", f"more than {f.config.limits.max_urls} links; the rest were not examined"
+        )
 
 
 def check_attachments(f: Facts) -> Iterator[Hit]:
     for att in f.message.body.attachments:
         if _HTML_ATTACHMENT.search(att.filename) or (
-            att.content_type in ("text/html", "image/svg+xml", "application/xhtml+xml") and att.filename
+            att.content_type in ("text/html", "image/svg+xml", "application/xhtml+xml")
+            and att.filename
         ):
             yield Hit("ATT_HTML", f"active-content attachment {att.filename!r}", att.content_type)
     for result in f.qr_results:
@@ -82,11 +96,18 @@ def check_attachments(f: Facts) -> Iterator[Hit]:
         name = result.attachment.filename or result.attachment.content_type
         if scan.texts:
             finding = "ATT_QR_PDF" if result.kind == "pdf" else "ATT_QR_IMAGE"
-            yield Hit(finding, f"QR code in {name!r} leads to {scan.texts[0][:120]}",
-                      "; ".join(t[:200] for t in scan.texts[:3]))
+            yield Hit(
+                finding,
+                f"QR code in {name!r} leads to {scan.texts[0][:120]}",
+                "; ".join(t[:200] for t in scan.texts[:3]),
+            )
         if scan.error:
             yield Hit("ATT_UNREADABLE", f"{name!r} could not be decoded: {scan.error}")
         if scan.page_limit_hit:
-            yield Hit("LIMIT_PDF_PAGES", f"{name!r}: only the first {scan.pages_scanned} pages rendered")
+            yield Hit(
+                "LIMIT_PDF_PAGES", f"{name!r}: only the first {scan.pages_scanned} pages rendered"
+            )
         if scan.timed_out:
-            yield Hit("LIMIT_DECODE_TIME", f"decoding stopped at {name!r}: max_decode_seconds reached")
+            yield Hit(
+                "LIMIT_DECODE_TIME", f"decoding stopped at {name!r}: max_decode_seconds reached"
+            )

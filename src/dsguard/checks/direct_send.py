@@ -51,19 +51,20 @@ def check(f: Facts) -> Iterator[Hit]:
             f"header From claims accepted domain {claimed} without an aligned DKIM or SPF pass",
             f"From: {shown_from or '(unparsable)'}; dmarc={f.auth.dmarc or 'unknown'}",
         )
-        if f.p1_domain and not f.p1_accepted:
-            yield Hit(
-                "DS_P2_ONLY",
-                f"envelope sender {p1} is foreign while the header From is {claimed}: "
-                "Microsoft's RejectDirectSend does not check the header From",
-                f"MAIL FROM {p1}; From: {shown_from}",
-            )
         if f.null_sender:
             yield Hit(
                 "DS_NULL_SENDER_INTERNAL_FROM",
                 f"null envelope sender with an unauthenticated own-domain From ({claimed})",
                 "MAIL FROM <>",
             )
+    if f.anonymous and f.own_claims and f.p1_domain and not f.p1_accepted:
+        # Informational whether or not DKIM proves it: the switch never looks at P2.
+        yield Hit(
+            "DS_P2_ONLY",
+            f"envelope sender {p1} is foreign while the header From is {', '.join(f.own_claims)}: "
+            "Microsoft's RejectDirectSend does not check the header From",
+            f"MAIL FROM {p1}; From: {shown_from}",
+        )
     if f.spoof_p1 or f.spoof_p2:
         senders = {m.addr.lower() for fld in f.message.from_fields for m in fld.mailboxes}
         if p1 and "@" in p1 and not p1.startswith("@"):

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from dsguard.checks.base import Facts, Hit
 from dsguard.policy.domains import aligned
 
-_IDENTITY = frozenset({"from", "sender", "reply-to", "to", "cc", "subject", "resent-from", "return-path"})
+_IDENTITY = frozenset(
+    {"from", "sender", "reply-to", "to", "cc", "subject", "resent-from", "return-path"}
+)
 
 
 def _real_oddities(oddities: tuple[str, ...], raw: str) -> list[str]:
@@ -24,8 +26,9 @@ def check(f: Facts) -> Iterator[Hit]:
     msg = f.message
     froms = msg.from_fields
     if not froms or all(not fld.mailboxes and not fld.claimed_domains for fld in froms):
-        yield Hit("HDR_FROM_MISSING", "no usable From header",
-                  msg.first("from") or "(no From field)")
+        yield Hit(
+            "HDR_FROM_MISSING", "no usable From header", msg.first("from") or "(no From field)"
+        )
     if len(froms) > 1:
         yield Hit(
             "HDR_FROM_MULTIPLE",
@@ -44,8 +47,11 @@ def check(f: Facts) -> Iterator[Hit]:
     for fld in f.identity_fields:
         odd = _real_oddities(fld.oddities, fld.raw)
         if odd:
-            yield Hit("HDR_FROM_AMBIGUOUS", f"the sender field is ambiguous: {odd[0]}",
-                      f"{fld.raw[:160]} ({'; '.join(odd[1:3])})" if len(odd) > 1 else fld.raw[:160])
+            yield Hit(
+                "HDR_FROM_AMBIGUOUS",
+                f"the sender field is ambiguous: {odd[0]}",
+                f"{fld.raw[:160]} ({'; '.join(odd[1:3])})" if len(odd) > 1 else fld.raw[:160],
+            )
             break
     for fld in froms:
         if fld.display_name_addresses and fld.first is not None:
@@ -68,7 +74,9 @@ def check(f: Facts) -> Iterator[Hit]:
                     break
         if f.anonymous:
             for fld in msg.address_fields("reply-to"):
-                foreign = [mb for mb in fld.mailboxes if mb.domain and not f.accepted.matches(mb.domain)]
+                foreign = [
+                    mb for mb in fld.mailboxes if mb.domain and not f.accepted.matches(mb.domain)
+                ]
                 if foreign:
                     yield Hit(
                         "HDR_REPLY_TO_EXTERNAL",
@@ -78,8 +86,11 @@ def check(f: Facts) -> Iterator[Hit]:
                     break
     for h in msg.headers:
         if h.malformed and (h.key.strip() in _IDENTITY or "hides" in h.malformed):
-            yield Hit("HDR_MALFORMED_NAME", f"malformed {h.name!r} field: {h.malformed}",
-                      f"{h.name}: {h.value[:120]}")
+            yield Hit(
+                "HDR_MALFORMED_NAME",
+                f"malformed {h.name!r} field: {h.malformed}",
+                f"{h.name}: {h.value[:120]}",
+            )
             break
     if f.hops is not None and f.hops.forged_stamps:
         yield Hit(

@@ -14,5 +14,8 @@ def check(f: Facts) -> Iterator[Hit]:
         yield Hit(finding_id, detail)
     defects = list(msg.header_defects) + msg.body.defects
     if defects:
-        yield Hit("MIME_DEFECT", f"broken message structure: {defects[0]}",
-                  "; ".join(dict.fromkeys(defects))[:240])
+        yield Hit(
+            "MIME_DEFECT",
+            f"broken message structure: {defects[0]}",
+            "; ".join(dict.fromkeys(defects))[:240],
+        )

@@ -48,14 +48,23 @@ def check(f: Facts) -> Iterator[Hit]:
     if f.anonymous and env.helo:
         kind = _helo_kind(env.helo)
         if kind == "loopback":
-            yield Hit("HOP_HELO_LOOPBACK", f"client greeted as {env.helo!r} from {env.client_ip}",
-                      f"HELO {env.helo}")
+            yield Hit(
+                "HOP_HELO_LOOPBACK",
+                f"client greeted as {env.helo!r} from {env.client_ip}",
+                f"HELO {env.helo}",
+            )
         elif kind == "literal":
-            yield Hit("HOP_HELO_IP_LITERAL", f"client greeted with an IP literal {env.helo!r}",
-                      f"HELO {env.helo}")
+            yield Hit(
+                "HOP_HELO_IP_LITERAL",
+                f"client greeted with an IP literal {env.helo!r}",
+                f"HELO {env.helo}",
+            )
         elif kind == "bare" and own:
-            yield Hit("HOP_HELO_BARE_NAME", f"client greeted with a bare computer name {env.helo!r}",
-                      f"HELO {env.helo}")
+            yield Hit(
+                "HOP_HELO_BARE_NAME",
+                f"client greeted with a bare computer name {env.helo!r}",
+                f"HELO {env.helo}",
+            )
     homes = f.config.organization.home_countries
     if homes and env.country and f.anonymous and own and env.country.upper() not in homes:
         yield Hit(

@@ -41,7 +41,9 @@ def render_markdown(scores: dict[str, float], composites: dict[str, tuple[str, f
 
 def findings(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print docs/findings.md.")] = False,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (for scores).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Config file (for scores).")
+    ] = None,
 ) -> None:
     """List every finding id with its default score and meaning."""
     try:
@@ -49,7 +51,9 @@ def findings(
     except ConfigError as exc:
         fail_config(exc)
     scores = dict(cfg.scoring.scores)
-    composites = {cid: (c.description, scores.get(cid, c.score)) for cid, c in cfg.scoring.composites.items()}
+    composites = {
+        cid: (c.description, scores.get(cid, c.score)) for cid, c in cfg.scoring.composites.items()
+    }
     if markdown:
         typer.echo(render_markdown(scores, composites), nl=False)
         typer.echo("")

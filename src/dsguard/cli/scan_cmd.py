@@ -57,17 +57,42 @@ def _progress_items(
 
 
 def scan(
-    paths: Annotated[list[Path], typer.Argument(help=".eml, .msg, mbox, Maildir, directories, header pastes.",
-                                                show_default=False)],
-    accepted_domain: Annotated[list[str] | None, typer.Option(
-        "--accepted-domain", "-d", help="Your organisation's domain (repeatable; '*.d' includes subdomains).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="dsguard TOML config file.")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"One of: {', '.join(FORMATS)}.")] = "text",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes (0 = one per core).")] = 1,
-    no_qr: Annotated[bool, typer.Option("--no-qr", help="Do not decode QR codes in attachments.")] = False,
-    progress: Annotated[bool | None, typer.Option(
-        "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help=".eml, .msg, mbox, Maildir, directories, header pastes.", show_default=False
+        ),
+    ],
+    accepted_domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--accepted-domain",
+            "-d",
+            help="Your organisation's domain (repeatable; '*.d' includes subdomains).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="dsguard TOML config file.")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help=f"One of: {', '.join(FORMATS)}.")
+    ] = "text",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here.")
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Worker processes (0 = one per core).")
+    ] = 1,
+    no_qr: Annotated[
+        bool, typer.Option("--no-qr", help="Do not decode QR codes in attachments.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr (default: when stderr is a terminal).",
+        ),
+    ] = None,
 ) -> None:
     """Scan received mail for Direct Send abuse.
 

@@ -21,7 +21,9 @@ from email.utils import getaddresses
 MAX_MAILBOXES = 100
 MAX_FIELD_CHARS = 8192
 
-_ADDR_RE = re.compile(r"[A-Za-z0-9._%+'=!#$&*/?^`{|}~-]{1,128}@([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,10})")
+_ADDR_RE = re.compile(
+    r"[A-Za-z0-9._%+'=!#$&*/?^`{|}~-]{1,128}@([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,10})"
+)
 _ENCODED_WORD = re.compile(r"=\?[^?\s]{1,40}\?[bBqQ]\?[^?\s]{0,2000}\?=")
 _ROUTE = re.compile(r"<\s*@")
 
@@ -55,7 +57,7 @@ def decode_words(value: str) -> str:
         return value
     try:
         return str(make_header(decode_header(value)))
-    except Exception:  # noqa: BLE001 -- hostile input: any decoder error means "leave as is"
+    except Exception:
         return value
 
 
@@ -63,7 +65,7 @@ def domain_of(addr: str) -> str:
     at = addr.rfind("@")
     if at == -1:
         return ""
-    return addr[at + 1:].strip().strip(">").rstrip(".").lower()
+    return addr[at + 1 :].strip().strip(">").rstrip(".").lower()
 
 
 def _scan_domains(text: str) -> list[str]:
@@ -84,7 +86,7 @@ def parse_address_field(raw: str) -> AddressField:
     display_addresses: list[str] = []
     try:
         pairs = getaddresses([value])
-    except Exception:  # noqa: BLE001 -- the stdlib parser has raised on hostile input before
+    except Exception:
         pairs = []
         oddities.append("the standard parser failed on this field")
     for display, addr in pairs[:MAX_MAILBOXES]:
@@ -112,7 +114,7 @@ def parse_address_field(raw: str) -> AddressField:
 
     for word in _ENCODED_WORD.findall(value):
         text = decode_words(word)
-        if any(c in text for c in "@<>,;:\""):
+        if any(c in text for c in '@<>,;:"'):
             oddities.append(f"encoded word decodes to address characters: {text[:60]!r}")
             break
     if _ROUTE.search(value):
@@ -130,7 +132,9 @@ def parse_address_field(raw: str) -> AddressField:
         oddities.append("an address inside a comment")
     # Domains only a display name or a comment shows are not claims of the sender address;
     # any other address-shaped text the stdlib did not return is a parser disagreement.
-    explained = set(parsed_domains) | {domain_of(a) for a in display_addresses} | set(comment_domains)
+    explained = (
+        set(parsed_domains) | {domain_of(a) for a in display_addresses} | set(comment_domains)
+    )
     extra = [d for d in raw_domains + decoded_domains if d not in explained]
     if extra:
         oddities.append("parsers disagree: " + ", ".join(_unique(extra)) + " is also in the field")

@@ -37,13 +37,32 @@ from dsguard.model import Envelope, EnvelopeOrigin
 from dsguard.policy.domains import org_domain
 
 MAX_HOPS = 100
+_RECEIVER_ZONE = frozenset(
+    {
+        "received-spf",
+        "authentication-results",
+        "arc-authentication-results",
+        "arc-seal",
+        "arc-message-signature",
+        "x-received",
+        "return-path",
+    }
+)
 
 # Not routable on the internet: a client here is an internal relay, not the sender.
 _ALWAYS_INTERNAL = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "100.64.0.0/10",
-        "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10", "0.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+        "0.0.0.0/8",
     )
 )
 
@@ -121,9 +140,9 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
     boundary: ReceivedHop | None = None
     profile = "none"
     if trust.microsoft365 and hops:
-        exo, all_internal = _exo_boundary(hops)
-        if exo is not None:
-            boundary, profile = exo, "microsoft365"
+        frontend, all_internal = _exo_boundary(hops)
+        if frontend is not None:
+            boundary, profile = frontend, "microsoft365"
         elif all_internal:
             profile = "microsoft365-internal"
     if profile == "none" and trust.receivers:
@@ -135,7 +154,9 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
             boundary, profile = hop, "configured"
             break
         if boundary is None:
-            notes.append("none of the configured [trust] receivers wrote a Received line; hop inferred")
+            notes.append(
+                "none of the configured [trust] receivers wrote a Received line; hop inferred"
+            )
     if profile == "none":
         for hop in hops:
             if not is_internal(hop.from_ip):
@@ -162,27 +183,41 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
         if aid in trusted_ids or _matches_any(aid, trust.receivers):
             return True
         # "contoso.com" as authserv-id for a receiver named mx1.contoso.com.
-        return profile == "inferred" and boundary is not None and bool(boundary.by) and (
-            aid == org_domain(boundary.by or "")
+        return (
+            profile == "inferred"
+            and boundary is not None
+            and bool(boundary.by)
+            and (aid == org_domain(boundary.by or ""))
         )
 
+    # Stamps a receiver writes directly below its own Received line (Gmail does; RFC 8601
+    # section 5 has it delete incoming copies that use its authserv-id, so the topmost one in
+    # this zone is its own when none sits above the boundary).
+    zone_end = boundary_index
+    if boundary is not None and profile != "microsoft365":
+        zone_end = boundary_index + 1
+        while zone_end < len(msg.headers) and msg.headers[zone_end].key in _RECEIVER_ZONE:
+            zone_end += 1
+    below_ok = True
     for i, h in enumerate(msg.headers):
         if h.key != "authentication-results":
             continue
         ar = parse_authentication_results(h.value, i)
-        above = i < boundary_index
-        if above and is_ours(ar):
+        if (i < boundary_index and is_ours(ar)) or (below_ok and boundary_index < i < zone_end and is_ours(ar)):
             trusted.append(ar)
+            below_ok = False
         else:
             untrusted.append(ar)
-            if not above and ar.authserv_id is not None and (
-                ar.authserv_id in trusted_ids or _matches_any(ar.authserv_id, trust.receivers)
+            if (
+                i > boundary_index
+                and ar.authserv_id is not None
+                and (ar.authserv_id in trusted_ids or _matches_any(ar.authserv_id, trust.receivers))
             ):
                 impersonating.append(ar)
 
     received_spf = None
     for i, h in enumerate(msg.headers):
-        if h.key == "received-spf" and i < boundary_index:
+        if h.key == "received-spf" and (i < boundary_index or boundary_index < i < zone_end):
             received_spf = parse_received_spf(h.value)
             break
 
@@ -237,7 +272,9 @@ def _exo_stamps(
         chosen = (inbound or matching or parsed)[-1]  # Exchange appends its stamps
         forefront = chosen
         if cip and chosen.get("CIP") and chosen.get("CIP") != cip:
-            forged.append(f"X-Forefront-Antispam-Report CIP {chosen.get('CIP')} differs from the connecting IP {cip}")
+            forged.append(
+                f"X-Forefront-Antispam-Report CIP {chosen.get('CIP')} differs from the connecting IP {cip}"
+            )
         if len(matching) > 1 and len({tuple(sorted(p.items())) for p in matching}) > 1:
             forged.append("several X-Forefront-Antispam-Report stamps for the same connection")
     stamps = ExoStamps(
@@ -262,12 +299,20 @@ def _build_envelope(
 ) -> Envelope:
     evidence: list[str] = []
     if profile == "none" or (boundary is None and profile != "microsoft365-internal"):
-        return Envelope(origin=EnvelopeOrigin.NONE, rcpt_to=msg.recipients,
-                        evidence=("no receiving hop found; recipients from To/Cc",))
+        return Envelope(
+            origin=EnvelopeOrigin.NONE,
+            rcpt_to=msg.recipients,
+            evidence=("no receiving hop found; recipients from To/Cc",),
+        )
     origin = EnvelopeOrigin.INFERRED if profile == "inferred" else EnvelopeOrigin.HEADERS
     client_ip = helo = rdns = receiver = auth_user = None
     if boundary is not None:
-        client_ip, helo, rdns, receiver = boundary.from_ip, boundary.from_name, boundary.from_rdns, boundary.by
+        client_ip, helo, rdns, receiver = (
+            boundary.from_ip,
+            boundary.from_name,
+            boundary.from_rdns,
+            boundary.by,
+        )
         auth_user = boundary.auth_user if boundary.authenticated else None
         if boundary.authenticated and auth_user is None:
             auth_user = "(authenticated)"
@@ -289,9 +334,11 @@ def _build_envelope(
     if profile in ("microsoft365", "microsoft365-internal"):
         rp = return_paths[-1].value if return_paths else None  # Exchange appends at delivery
     else:
-        rp = return_paths[0].value if return_paths and (
-            boundary is None or msg.index_of(return_paths[0]) < boundary.index
-        ) else None
+        rp = (
+            return_paths[0].value
+            if return_paths and (boundary is None or msg.index_of(return_paths[0]) < boundary.index)
+            else None
+        )
     rp_addr = parse_path(rp) if rp is not None else None
     if rp_addr == "":
         mail_from = ""

@@ -26,7 +26,9 @@ _HIDDEN_FIELD = re.compile(r"^[ \t]+([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 class Header:
     name: str  # as written, without trailing whitespace
     key: str  # lower-case name used for lookups
-    value: str  # unfolded value (CRLF removed before continuation whitespace), leading space stripped
+    value: (
+        str  # unfolded value (CRLF removed before continuation whitespace), leading space stripped
+    )
     malformed: str = ""  # why the field is syntactically odd ("" when it is fine)
 
 
@@ -104,7 +106,7 @@ def split_headers(raw: bytes, *, max_headers: int, max_header_bytes: int) -> Hea
                 # and a strict one would drop (espoofer A9).
                 m = _FIELD_NAME.match(stripped)
                 if m:
-                    name_b, parts = m.group(1), [stripped[m.end():]]
+                    name_b, parts = m.group(1), [stripped[m.end() :]]
                     malformed = "leading whitespace before the field name"
                 else:
                     defects.append("continuation line with no field before it")
@@ -120,7 +122,7 @@ def split_headers(raw: bytes, *, max_headers: int, max_header_bytes: int) -> Hea
             break
         m = _FIELD_NAME.match(line)
         if m is not None:
-            name_b, parts = m.group(1), [line[m.end():]]
+            name_b, parts = m.group(1), [line[m.end() :]]
             if m.group(2):
                 malformed = "whitespace between the field name and the colon"
             continue
@@ -131,7 +133,7 @@ def split_headers(raw: bytes, *, max_headers: int, max_header_bytes: int) -> Hea
         text = _decode(line[:200])
         colon = text.find(":")
         if 0 < colon <= 80:
-            name_b, parts = line[:colon].rstrip(b" \t"), [line[colon + 1:]]
+            name_b, parts = line[:colon].rstrip(b" \t"), [line[colon + 1 :]]
             malformed = "invalid characters in the field name"
         else:
             defects.append(f"line without a field name: {text[:60]!r}")

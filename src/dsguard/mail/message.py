@@ -44,11 +44,15 @@ class Body:
 
 
 class ParsedMessage:
-    def __init__(self, raw: bytes, limits: Limits, *, truncated: bool = False, size: int | None = None):
+    def __init__(
+        self, raw: bytes, limits: Limits, *, truncated: bool = False, size: int | None = None
+    ):
         self.raw = raw
         self.limits = limits
         self.size = len(raw) if size is None else size
-        block = split_headers(raw, max_headers=limits.max_headers, max_header_bytes=limits.max_header_bytes)
+        block = split_headers(
+            raw, max_headers=limits.max_headers, max_header_bytes=limits.max_header_bytes
+        )
         self.headers: tuple[Header, ...] = block.headers
         self.body_offset = block.body_offset
         self.has_body = block.has_body_separator
@@ -114,7 +118,7 @@ class ParsedMessage:
         except RecursionError:
             body.defects.append("MIME nesting too deep for the parser")
             body.limit_hits.append(("LIMIT_MIME_DEPTH", "parser recursion limit"))
-        except Exception as exc:  # noqa: BLE001 -- hostile MIME must not stop the scan
+        except Exception as exc:
             body.defects.append(f"MIME parse failed: {type(exc).__name__}")
         return body
 
@@ -125,13 +129,13 @@ class ParsedMessage:
         lines = [f"{h.name}: {h.value}" for h in self.headers if h.key in keep and not h.malformed]
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace")
         parser = email.parser.BytesParser(policy=email.policy.compat32)
-        return parser.parsebytes(head + self.raw[self.body_offset:])
+        return parser.parsebytes(head + self.raw[self.body_offset :])
 
 
 def _part_filename(part: Message) -> str:
     try:
         name = part.get_filename() or part.get_param("name") or ""
-    except Exception:  # noqa: BLE001 -- RFC 2231 decoding errors on hostile params
+    except Exception:
         return ""
     if isinstance(name, tuple):  # RFC 2231 value triple
         name = name[2] or ""
@@ -141,7 +145,7 @@ def _part_filename(part: Message) -> str:
 def _payload(part: Message, cap: int) -> tuple[bytes, int]:
     try:
         data = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return b"", 0
     if not isinstance(data, bytes):
         return b"", 0

@@ -19,7 +19,9 @@ _MAX_CHARS = 4096
 _MAX_DEPTH = 8
 _KEYWORDS = frozenset({"from", "by", "via", "with", "id", "for"})
 _BRACKET_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
-_BARE_IP = re.compile(r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])")
+_BARE_IP = re.compile(
+    r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])"
+)
 _HELO_IN_COMMENT = re.compile(r"\bhelo=([^\s)\]]+)", re.IGNORECASE)
 _AUTH_SENDER = re.compile(r"Authenticated sender:\s*([^\s)]+)", re.IGNORECASE)
 _FOR_ADDR = re.compile(r"<?([^<>\s;]+@[^<>\s;]+)>?")
@@ -63,7 +65,7 @@ def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
         elif ch == ";" and depth == 0:
             semi = i
     if semi != -1:
-        date = text[semi + 1:].strip() or None
+        date = text[semi + 1 :].strip() or None
         text = text[:semi]
     words: list[tuple[str, list[str]]] = []
     depth = 0

@@ -34,8 +34,10 @@ def match_connector(envelope: Envelope, connectors: Sequence[Connector]) -> Attr
             ip = None
     cert_names = envelope.tls.verified_peer_names if envelope.tls else ()
     for connector in connectors:
-        if connector.tls_certificate_name and cert_names and _cert_matches(
-            connector.tls_certificate_name, cert_names
+        if (
+            connector.tls_certificate_name
+            and cert_names
+            and _cert_matches(connector.tls_certificate_name, cert_names)
         ):
             return Attribution(
                 AttributionKind.CONNECTOR,
@@ -62,7 +64,8 @@ def attribute(envelope: Envelope, connectors: Sequence[Connector]) -> Attributio
     stamped = (envelope.stamped_auth_as or "").lower()
     if stamped == "internal":
         return Attribution(
-            AttributionKind.AUTHENTICATED, "exchange-online",
+            AttributionKind.AUTHENTICATED,
+            "exchange-online",
             "X-MS-Exchange-Organization-AuthAs: Internal",
         )
     matched = match_connector(envelope, connectors)
@@ -70,7 +73,8 @@ def attribute(envelope: Envelope, connectors: Sequence[Connector]) -> Attributio
         return matched
     if stamped == "partner":
         return Attribution(
-            AttributionKind.CONNECTOR, "exchange-partner-connector",
+            AttributionKind.CONNECTOR,
+            "exchange-partner-connector",
             "X-MS-Exchange-Organization-AuthAs: Partner",
         )
     return ANONYMOUS

@@ -82,7 +82,7 @@ class AcceptedDomains:
         for rcpt in recipients:
             at = rcpt.rfind("@")
             if at != -1:
-                domain = rcpt[at + 1:].strip().strip(">").lower().rstrip(".")
+                domain = rcpt[at + 1 :].strip().strip(">").lower().rstrip(".")
                 if domain and "." in domain:
                     orgs.add(org_domain(domain))
         return cls([f"*.{o}" for o in orgs], inferred=True)

@@ -45,9 +45,13 @@ def decide_p1(
     mode: str, accepted: AcceptedDomains, attribution: Attribution, mail_from_domain: str | None
 ) -> RdsDecision:
     if not mail_from_domain or not accepted.matches(mail_from_domain):
-        return RdsDecision("P1", RdsOutcome.NOT_APPLICABLE, False, "envelope sender not in an accepted domain")
+        return RdsDecision(
+            "P1", RdsOutcome.NOT_APPLICABLE, False, "envelope sender not in an accepted domain"
+        )
     if _covers(attribution, mail_from_domain):
-        return RdsDecision("P1", RdsOutcome.NOT_APPLICABLE, False, f"attributed: {attribution.label()}")
+        return RdsDecision(
+            "P1", RdsOutcome.NOT_APPLICABLE, False, f"attributed: {attribution.label()}"
+        )
     reason = f"anonymous sender using accepted domain {mail_from_domain} in MAIL FROM"
     if attribution.kind is AttributionKind.CONNECTOR:
         reason = f"connector {attribution.name} may not send as {mail_from_domain}"
@@ -70,10 +74,14 @@ def decide_p2(
     proven = set(authenticated_domains)
     claimed = [d for d in from_domains if accepted.matches(d) and d not in proven]
     if not check_header_from or not claimed:
-        return RdsDecision("P2", RdsOutcome.NOT_APPLICABLE, False, "header From not an unproven accepted domain")
+        return RdsDecision(
+            "P2", RdsOutcome.NOT_APPLICABLE, False, "header From not an unproven accepted domain"
+        )
     domain = claimed[0]
     if _covers(attribution, domain):
-        return RdsDecision("P2", RdsOutcome.NOT_APPLICABLE, False, f"attributed: {attribution.label()}")
+        return RdsDecision(
+            "P2", RdsOutcome.NOT_APPLICABLE, False, f"attributed: {attribution.label()}"
+        )
     return RdsDecision(
         "P2",
         RdsOutcome.WOULD_REJECT,

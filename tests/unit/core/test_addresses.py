@@ -12,7 +12,11 @@ from dsguard.mail.addresses import parse_address_field, parse_path
         ('"Bloggs, Joe" <joe@contoso.com>', {"contoso.com"}, False),
         ("=?utf-8?q?J=C3=B6rg?= <jorg@example.org>", {"example.org"}, False),
         # A15: the encoded word decodes to an address
-        ("=?utf-8?B?PGFkbWluQGNvbnRvc28uY29tPg==?=,<second@example.net>", {"contoso.com", "example.net"}, True),
+        (
+            "=?utf-8?B?PGFkbWluQGNvbnRvc28uY29tPg==?=,<second@example.net>",
+            {"contoso.com", "example.net"},
+            True,
+        ),
         # A16: route syntax
         ("<@example.net,@any.com:admin@contoso.com>", {"contoso.com"}, True),
         # A17: quoted pair outside quotes
@@ -44,9 +48,15 @@ def test_hostile_length_is_capped() -> None:
     assert any("longer than" in o for o in field.oddities)
 
 
-@pytest.mark.parametrize(("value", "addr"), [
-    ("<joe@contoso.com>", "joe@contoso.com"), ("<>", ""), ("", None),
-    ("<@relay.example.net:joe@contoso.com>", "joe@contoso.com"), ("joe@contoso.com", "joe@contoso.com"),
-])
+@pytest.mark.parametrize(
+    ("value", "addr"),
+    [
+        ("<joe@contoso.com>", "joe@contoso.com"),
+        ("<>", ""),
+        ("", None),
+        ("<@relay.example.net:joe@contoso.com>", "joe@contoso.com"),
+        ("joe@contoso.com", "joe@contoso.com"),
+    ],
+)
 def test_parse_path(value: str, addr: str | None) -> None:
     assert parse_path(value) == addr

@@ -5,8 +5,10 @@ import pytest
 
 from dsguard.auth.results import parse_authentication_results, parse_received_spf
 
-EOP = ("spf=fail (sender IP is 139.28.36.171) smtp.mailfrom=contoso.com; dkim=none (message not signed) "
-       "header.d=none;dmarc=fail action=oreject header.from=contoso.com;compauth=fail reason=601")
+EOP = (
+    "spf=fail (sender IP is 139.28.36.171) smtp.mailfrom=contoso.com; dkim=none (message not signed) "
+    "header.d=none;dmarc=fail action=oreject header.from=contoso.com;compauth=fail reason=601"
+)
 
 
 def test_microsoft_form_without_authserv_id() -> None:
@@ -25,7 +27,8 @@ def test_microsoft_stray_domain_tokens_are_skipped() -> None:
     ar = parse_authentication_results(
         "spf=none (sender IP is 10.2.3.4) smtp.mailfrom=fabrikam.com; contoso.com; dkim=none "
         "(message not signed) header.d=none; contoso.com; dmarc=none action=none "
-        "header.from=fabrikam.com; compauth=fail reason=001")
+        "header.from=fabrikam.com; compauth=fail reason=001"
+    )
     assert [r.method for r in ar.results] == ["spf", "dkim", "dmarc", "compauth"]
 
 
@@ -45,13 +48,17 @@ def test_agrees_with_authres_on_standard_headers(value: str) -> None:
     ours = parse_authentication_results(value)
     theirs = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + value)
     assert ours.authserv_id == theirs.authserv_id.lower()
-    assert [(r.method, r.result) for r in ours.results] == [(r.method, r.result) for r in theirs.results]
+    assert [(r.method, r.result) for r in ours.results] == [
+        (r.method, r.result) for r in theirs.results
+    ]
     for mine, ref in zip(ours.results, theirs.results, strict=True):
         for p in ref.properties:
             assert mine.prop(f"{p.type}.{p.name}") == p.value
 
 
-@pytest.mark.parametrize("junk", ["", ";;;;", "=", "a" * 20000, "x; spf=(((", "x; dkim=pass reason=\"unterminated"])
+@pytest.mark.parametrize(
+    "junk", ["", ";;;;", "=", "a" * 20000, "x; spf=(((", 'x; dkim=pass reason="unterminated']
+)
 def test_junk_does_not_raise(junk: str) -> None:
     parse_authentication_results(junk)
 
@@ -59,5 +66,10 @@ def test_junk_does_not_raise(junk: str) -> None:
 def test_received_spf() -> None:
     result, pairs = parse_received_spf(
         "Pass (protection.outlook.com: domain of contoso.com designates 203.0.113.9 as permitted sender) "
-        "receiver=protection.outlook.com; client-ip=203.0.113.9; helo=printer.contoso.com;")
-    assert result == "pass" and pairs["client-ip"] == "203.0.113.9" and pairs["helo"] == "printer.contoso.com"
+        "receiver=protection.outlook.com; client-ip=203.0.113.9; helo=printer.contoso.com;"
+    )
+    assert (
+        result == "pass"
+        and pairs["client-ip"] == "203.0.113.9"
+        and pairs["helo"] == "printer.contoso.com"
+    )

@@ -17,8 +17,10 @@ def test_defaults_load_and_every_finding_has_a_score() -> None:
 
 def test_user_file_merges_over_defaults(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
-    p.write_text('[organization]\naccepted_domains = ["Contoso.com", "*.fabrikam.com"]\n'
-                 '[scoring.scores]\nDS_SELF_ADDRESSED = 4.5\n')
+    p.write_text(
+        '[organization]\naccepted_domains = ["Contoso.com", "*.fabrikam.com"]\n'
+        "[scoring.scores]\nDS_SELF_ADDRESSED = 4.5\n"
+    )
     cfg = load_config(p)
     assert cfg.organization.accepted_domains == ("contoso.com", "*.fabrikam.com")
     assert cfg.scoring.scores["DS_SELF_ADDRESSED"] == 4.5
@@ -29,11 +31,12 @@ def test_every_mistake_is_reported(tmp_path: Path) -> None:
     p = tmp_path / "bad.toml"
     p.write_text(
         '[organization]\naccepted_domains = ["not a domain"]\nreject_direct_send = "maybe"\nfoo = 1\n'
-        '[[connectors]]\nname = "x"\nsender_ip_ranges = ["300.1.1.1/32"]\nsender_domains = ["*"]\n')
+        '[[connectors]]\nname = "x"\nsender_ip_ranges = ["300.1.1.1/32"]\nsender_domains = ["*"]\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_config(p)
     text = "\n".join(info.value.problems)
-    assert "organization.accepted_domains.0" in text and "not a domain" in text
+    assert "organization.accepted_domains" in text and "not a domain" in text
     assert "organization.reject_direct_send" in text
     assert "organization.foo: unknown setting" in text
     assert "300.1.1.1/32" in text and "'*' is not allowed" in text

@@ -7,15 +7,21 @@ from dsguard.mail.headers import split_headers
 
 
 def _split(raw: bytes, **kw: int):
-    return split_headers(raw, max_headers=kw.get("max_headers", 100), max_header_bytes=kw.get("max_header_bytes", 65536))
+    return split_headers(
+        raw,
+        max_headers=kw.get("max_headers", 100),
+        max_header_bytes=kw.get("max_header_bytes", 65536),
+    )
 
 
 def test_folded_values_are_unfolded_and_body_offset_found() -> None:
     raw = b"Subject: a\r\n very long\r\n\tsubject\r\nFrom: x@example.com\r\n\r\nbody"
     block = _split(raw)
     assert [(h.key, h.value) for h in block.headers] == [
-        ("subject", "a very long\tsubject"), ("from", "x@example.com")]
-    assert raw[block.body_offset:] == b"body"
+        ("subject", "a very long\tsubject"),
+        ("from", "x@example.com"),
+    ]
+    assert raw[block.body_offset :] == b"body"
     assert block.has_body_separator
 
 
@@ -36,7 +42,9 @@ def test_name_folded_away_from_its_colon_is_recovered() -> None:
 def test_leading_whitespace_field_and_hidden_from_in_continuation() -> None:
     first = _split(b" From: <first@example.net>\r\nFrom: <admin@contoso.com>\r\n\r\n")
     assert first.headers[0].key == "from" and "leading whitespace" in first.headers[0].malformed
-    hidden = _split(b"Received: from x by y\r\n From: <first@example.net>\r\nFrom: <a@contoso.com>\r\n\r\n")
+    hidden = _split(
+        b"Received: from x by y\r\n From: <first@example.net>\r\nFrom: <a@contoso.com>\r\n\r\n"
+    )
     assert "hides a 'From' field" in hidden.headers[0].malformed
     assert [h.value for h in hidden.headers if h.key == "from"] == ["<a@contoso.com>"]
 

@@ -22,7 +22,8 @@ def env(**kw: object) -> Envelope:
 def test_microsoft_reply_text_byte_for_byte() -> None:
     assert REJECT_DIRECT_SEND_REPLY == (
         "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization "
-        "from unauthorized sources")
+        "from unauthorized sources"
+    )
 
 
 def test_accepted_domain_matching() -> None:
@@ -39,19 +40,38 @@ def test_org_domain_and_alignment() -> None:
 
 
 def test_attribution_order() -> None:
-    assert attribute(env(auth_user="alice@contoso.com", client_ip="192.0.2.1"), CONNECTORS).kind is AttributionKind.AUTHENTICATED
+    assert (
+        attribute(env(auth_user="alice@contoso.com", client_ip="192.0.2.1"), CONNECTORS).kind
+        is AttributionKind.AUTHENTICATED
+    )
     a = attribute(env(client_ip="192.0.2.5"), CONNECTORS)
     assert (a.kind, a.name) == (AttributionKind.CONNECTOR, "printers")
-    c = attribute(env(client_ip="198.51.100.1", tls=TlsInfo(verified_peer_names=("out1.mailer.example.net",))), CONNECTORS)
+    c = attribute(
+        env(
+            client_ip="198.51.100.1", tls=TlsInfo(verified_peer_names=("out1.mailer.example.net",))
+        ),
+        CONNECTORS,
+    )
     assert (c.kind, c.name) == (AttributionKind.CONNECTOR, "saas")
-    assert attribute(env(client_ip="198.51.100.1", tls=TlsInfo(verified_peer_names=("evil.example.org",))), CONNECTORS).kind is AttributionKind.ANONYMOUS
+    assert (
+        attribute(
+            env(client_ip="198.51.100.1", tls=TlsInfo(verified_peer_names=("evil.example.org",))),
+            CONNECTORS,
+        ).kind
+        is AttributionKind.ANONYMOUS
+    )
     assert attribute(env(stamped_auth_as="Internal"), ()).kind is AttributionKind.AUTHENTICATED
-    assert attribute(env(stamped_auth_as="Anonymous", client_ip="203.0.113.1"), CONNECTORS).kind is AttributionKind.ANONYMOUS
+    assert (
+        attribute(env(stamped_auth_as="Anonymous", client_ip="203.0.113.1"), CONNECTORS).kind
+        is AttributionKind.ANONYMOUS
+    )
 
 
 @pytest.mark.parametrize("mode", ["on", "audit", "off"])
 def test_p1_anonymous_accepted_domain(mode: str) -> None:
-    d = decide_p1(mode, ACCEPTED, attribute(env(client_ip="139.28.36.171"), CONNECTORS), "contoso.com")
+    d = decide_p1(
+        mode, ACCEPTED, attribute(env(client_ip="139.28.36.171"), CONNECTORS), "contoso.com"
+    )
     assert d.outcome is RdsOutcome.WOULD_REJECT
     assert d.enforced is (mode == "on")
     assert d.reply == REJECT_DIRECT_SEND_REPLY
@@ -74,5 +94,11 @@ def test_p2_needs_proof_and_names_the_header_from() -> None:
     anon = attribute(env(client_ip="139.28.36.171"), CONNECTORS)
     d = decide_p2("on", True, ACCEPTED, anon, ["contoso.com"], [], "ceo@contoso.com")
     assert d.enforced and "ceo@contoso.com" in d.reply and d.reply.startswith("550 5.7.68 ")
-    assert decide_p2("on", True, ACCEPTED, anon, ["contoso.com"], ["contoso.com"], "x").outcome is RdsOutcome.NOT_APPLICABLE
-    assert decide_p2("on", False, ACCEPTED, anon, ["contoso.com"], [], "x").outcome is RdsOutcome.NOT_APPLICABLE
+    assert (
+        decide_p2("on", True, ACCEPTED, anon, ["contoso.com"], ["contoso.com"], "x").outcome
+        is RdsOutcome.NOT_APPLICABLE
+    )
+    assert (
+        decide_p2("on", False, ACCEPTED, anon, ["contoso.com"], [], "x").outcome
+        is RdsOutcome.NOT_APPLICABLE
+    )

@@ -1,0 +1,436 @@
+"""Links in message bodies (plain text and HTML), and the host a browser would contact.
+
+Extraction returns URLs as written, normalised only where it cannot change their meaning: the
+scheme and host are lower-cased; userinfo, port, path, query and fragment are kept as written.
+The fragment is kept on purpose: phishing kits often carry the victim's address there, which is
+evidence (IOC matching ignores it). Hosts keep the form they were written in (punycode stays
+punycode, ``%``-escapes stay escaped); ``url_host`` is where hosts are canonicalised.
+
+``url_host`` follows the WHATWG URL standard (what browsers do) on the points attackers use to
+make a link's visible host differ from the one contacted: a backslash ends the authority like a
+slash (``https://evil.example\\@contoso.com`` goes to evil.example), userinfo is dropped,
+``%``-escapes in the host are decoded, Unicode hosts are converted to punycode, and numeric IPv4
+forms (``http://3232235777/``, ``http://0x7f.1/``) are read as the dotted address.
+
+SECURITY: bodies are attacker-controlled and may be megabytes of crafted text. The text pattern
+is a fixed prefix followed by one character class with nothing after it, so it cannot backtrack;
+trailing-punctuation trimming is linear. HTML goes through the stdlib ``html.parser``, which is
+robust to broken markup but quadratic in ``close()`` on unterminated constructs (CPython
+gh-135462: 295 s for ``'<a href=' * 50000`` on 3.11.7) and raises ``AssertionError`` on some
+``<![`` input; so the parser is only ever fed once and never closed, and an unterminated tail
+(which a browser drops too, HTML5 "EOF in tag") is searched as plain text instead. At most
+``limit`` URLs are collected, and parsing stops as soon as one more is seen.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import re
+from html.parser import HTMLParser
+from typing import NamedTuple
+from urllib.parse import unquote
+
+# http/https/ftp URL or a bare "www." host, up to whitespace, markup delimiters, controls or
+# typographic quotes. Nothing follows the character class, so matching is linear.
+_URL_IN_TEXT = re.compile(
+    r"(?:\b(?:https?|ftp)://|(?<![\w@./:-])www\.)"
+    r"[^\s<>\"\x00-\x1f\x7f\u201c\u201d\u2018\u2019\u00ab\u00bb\u2039\u203a]+",
+    re.IGNORECASE,
+)
+# scheme ":" slashes authority rest. The classes are disjoint, so this cannot backtrack.
+_URL_PARTS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):([\\/]*)([^\\/?#]*)(.*)", re.DOTALL)
+# A literal in an href attribute: only these schemes are links worth reporting.
+_LINK_SCHEMES = ("http", "https", "ftp")
+# WHATWG "special" schemes: any run of / or \ after the colon introduces the authority.
+_SPECIAL_SCHEMES = frozenset(("http", "https", "ftp", "ws", "wss"))
+
+_TRAILING_PUNCTUATION = frozenset(".,;:!?'\"")
+_CLOSING_BRACKETS = {")": "(", "]": "[", "}": "{"}
+# WHATWG forbidden host code points (plus the percent sign, which must be decoded by now).
+_FORBIDDEN_HOST = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
+_C0_AND_SPACE = "".join(chr(code) for code in range(0x21))
+
+_URL_ATTRIBUTES = frozenset(("href", "src", "action", "formaction", "background"))
+_META_REFRESH_URL = re.compile(r"url\s*=\s*['\"]?([^'\"]+)", re.IGNORECASE)
+_HIDDEN_TEXT_ELEMENTS = frozenset(("script", "style"))
+# Elements that do not break text flow: text on both sides joins ("http://ev<b></b>il.com").
+_INLINE_ELEMENTS = frozenset((
+    "a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "data", "dfn", "em", "font", "i",
+    "kbd", "mark", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup", "time",
+    "tt", "u", "var", "wbr",
+))
+
+
+def extract_urls(text: str, *, html: bool, limit: int) -> tuple[list[str], bool]:
+    """URLs in first-seen order, deduplicated; the flag is True if more than ``limit`` exist.
+
+    Plain text: http/https/ftp URLs and ``www.`` hosts (given ``http://``), without trailing
+    punctuation or unbalanced closing brackets. HTML: href/src/action/formaction/background
+    attributes and meta refresh targets (``javascript:``, ``mailto:``, ``data:`` and relative
+    links are ignored; ``//host`` becomes ``http://host``), plus URLs in the visible text.
+    """
+    collector = _Collector(limit)
+    if html:
+        _scan_html(text, collector)
+    else:
+        _scan_text(text, collector)
+    return list(collector.urls), collector.limit_hit
+
+
+class UrlParts(NamedTuple):
+    """A hierarchical URL split the way browsers split it; ``host`` is canonical."""
+
+    scheme: str  # lower-case
+    host: str  # as returned by url_host
+    port: str  # digits as written, "" when absent
+    path: str  # as written, backslashes read as slashes for http(s)/ftp/ws(s)
+    query: str  # without the "?"
+    fragment: str  # without the "#"
+
+
+def url_host(url: str) -> str | None:
+    """The lower-case host a browser would contact, without userinfo, port or trailing dot.
+
+    IPv6 hosts come back without brackets. None when there is no authority or it is invalid.
+    """
+    parts = url_parts(url)
+    return parts.host if parts is not None else None
+
+
+def url_parts(url: str) -> UrlParts | None:
+    """Split a URL with an authority (``scheme://host...``); None when it has none or the host
+    or port is invalid."""
+    split = _split(_browser_clean(url))
+    if split is None:
+        return None
+    scheme, authority, rest = split
+    host_port = authority.rpartition("@")[2]
+    host: str | None
+    if host_port.startswith("["):
+        end = host_port.find("]")
+        if end < 0 or not _valid_port(host_port[end + 1:], bracketed=True):
+            return None
+        host, port = canonical_host(host_port[: end + 1]), host_port[end + 2:]
+    else:
+        raw_host, _, port = host_port.partition(":")
+        if not _valid_port(port, bracketed=False):
+            return None
+        host = canonical_host(raw_host)
+    if host is None:
+        return None
+    rest, _, fragment = rest.partition("#")
+    path, _, query = rest.partition("?")
+    if scheme in _SPECIAL_SCHEMES:
+        path = path.replace("\\", "/")
+    return UrlParts(scheme, host, port, path, query, fragment)
+
+
+def canonical_host(host: str) -> str | None:
+    """A host as browsers resolve it: %-decoded, lower-case, punycode, no trailing dot,
+    numeric IPv4 forms as dotted quads, IPv6 compressed without brackets. None when it is not
+    a valid host."""
+    if (host.startswith("[") and host.endswith("]")) or ":" in host:
+        try:
+            return ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]")).compressed
+        except ValueError:
+            return None
+    if "%" in host:
+        host = unquote(host, errors="strict") if _decodable(host) else host
+    host = host.lower().rstrip(".")
+    if not host:
+        return None
+    if not host.isascii():
+        try:
+            # IDNA 2003 (nameprep) lower-cases, maps full-width dots and encodes to punycode.
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if _FORBIDDEN_HOST.search(host):
+        return None
+    if _ends_in_number(host):
+        # Browsers read such a host as an IPv4 address, or refuse the URL (None here).
+        return _whatwg_ipv4(host)
+    return host
+
+
+def is_ip_literal_host(host: str) -> bool:
+    """True for IPv4/IPv6 literals, bracketed IPv6 and browser-accepted numeric IPv4 forms."""
+    candidate = host.strip().lower().rstrip(".")
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    try:
+        ipaddress.ip_address(candidate)
+        return True
+    except ValueError:
+        pass
+    return _ends_in_number(candidate) and _whatwg_ipv4(candidate) is not None
+
+
+# ------------------------------------------------------------------------------- plain text
+class _Collector:
+    """Distinct URLs in first-seen order; refuses (returns False) once over the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.urls: dict[str, None] = {}
+        self.seen_raw: set[str] = set()  # matches already normalised, to skip repeats cheaply
+        self.limit = limit
+        self.limit_hit = False
+
+    def add(self, url: str) -> bool:
+        if url in self.urls:
+            return True
+        if len(self.urls) >= self.limit:
+            self.limit_hit = True
+            return False
+        self.urls[url] = None
+        return True
+
+
+def _scan_text(text: str, collector: _Collector) -> bool:
+    """Add the URLs in ``text``; False once the collector is full."""
+    for match in _URL_IN_TEXT.finditer(text):
+        url = _trim(match.group())
+        if url in collector.seen_raw:
+            continue
+        collector.seen_raw.add(url)
+        bare_www = url[:4].lower() == "www."
+        if bare_www:
+            url = "http://" + url
+        normal = _normalise(url)
+        if normal is None:
+            continue
+        if bare_www and normal.count(".") < 2:
+            continue  # "www.something" with no further dot is a word, not a host
+        if not collector.add(normal):
+            return False
+    return True
+
+
+def _trim(url: str) -> str:
+    """Drop trailing sentence punctuation and closing brackets that were not opened inside.
+
+    Counts are taken once and updated while trimming, so this is linear in ``len(url)``.
+    """
+    opened = {opener: url.count(opener) for opener in _CLOSING_BRACKETS.values()}
+    closed = {closer: url.count(closer) for closer in _CLOSING_BRACKETS}
+    end = len(url)
+    while end:
+        last = url[end - 1]
+        if last in _TRAILING_PUNCTUATION:
+            end -= 1
+        elif last in _CLOSING_BRACKETS and closed[last] > opened[_CLOSING_BRACKETS[last]]:
+            closed[last] -= 1
+            end -= 1
+        else:
+            break
+    return url[:end]
+
+
+# ------------------------------------------------------------------------------------- HTML
+class _UrlLimitReachedError(Exception):
+    """Raised from a handler to abandon the document once the URL limit is passed."""
+
+
+class _LinkParser(HTMLParser):
+    def __init__(self, collector: _Collector) -> None:
+        super().__init__(convert_charrefs=True)
+        self._collector = collector
+        self._text: list[str] = []
+        self._hidden_depth = 0
+
+    # Tags -------------------------------------------------------------------------------
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _INLINE_ELEMENTS:
+            self.flush_text()
+        if tag in _HIDDEN_TEXT_ELEMENTS:
+            self._hidden_depth += 1
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in _URL_ATTRIBUTES:
+                self._add_link(value)
+            elif tag == "meta" and name == "content" and _is_refresh(attrs):
+                found = _META_REFRESH_URL.search(value)
+                if found:
+                    self._add_link(found.group(1))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN_TEXT_ELEMENTS and self._hidden_depth:
+            self._hidden_depth -= 1
+        if tag not in _INLINE_ELEMENTS:
+            self.flush_text()
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden_depth:
+            self._text.append(data)
+
+    # Markup sections the stdlib rejects with AssertionError become bogus comments, as in
+    # HTML5 ("<![foo" in HTML content is a bogus comment).
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            return self.parse_bogus_comment(i)
+
+    # Helpers ----------------------------------------------------------------------------
+    def flush_text(self) -> None:
+        # The buffer only ever spans inline elements (block tags flush it), so the pieces
+        # join without a separator, as the reader sees them.
+        if self._text:
+            text = "".join(self._text)
+            self._text = []
+            if not _scan_text(text, self._collector):
+                raise _UrlLimitReachedError
+
+    def unparsed_tail(self) -> str:
+        return self.rawdata
+
+    def _add_link(self, value: str) -> None:
+        url = _link_target(value)
+        if url is None:
+            return
+        self.flush_text()  # keep first-seen order between text and attributes
+        if not self._collector.add(url):
+            raise _UrlLimitReachedError
+
+
+def _scan_html(document: str, collector: _Collector) -> None:
+    parser = _LinkParser(collector)
+    try:
+        parser.feed(document)
+        # Never parser.close(): see SECURITY above. What feed() left unparsed is an
+        # unterminated construct at the end; browsers drop it, we still search its text.
+        parser.flush_text()
+        tail = parser.unparsed_tail()
+        if tail:
+            _scan_text(html.unescape(tail), collector)
+    except _UrlLimitReachedError:
+        return
+    except Exception:  # html.parser on hostile input: fall back to plain-text search
+        _scan_text(html.unescape(document), collector)
+
+
+def _is_refresh(attrs: list[tuple[str, str | None]]) -> bool:
+    return any(
+        name == "http-equiv" and (value or "").strip().lower() == "refresh"
+        for name, value in attrs
+    )
+
+
+def _link_target(value: str) -> str | None:
+    """An absolute http(s)/ftp URL from an attribute value, as a browser would read it."""
+    value = _browser_clean(value)
+    if value.startswith("//"):
+        return _normalise("http:" + value)
+    if value[:4].lower() == "www.":
+        return _normalise("http://" + value)
+    scheme = value.partition(":")[0].lower()
+    if scheme not in _LINK_SCHEMES:
+        return None  # relative, javascript:, mailto:, data:, cid:, tel: ...
+    return _normalise(value)
+
+
+# ---------------------------------------------------------------------------------- parsing
+def _split(url: str) -> tuple[str, str, str] | None:
+    """(scheme, authority, rest) of a hierarchical URL, or None."""
+    match = _URL_PARTS.fullmatch(url)
+    if match is None:
+        return None
+    scheme, slashes, authority, rest = match.groups()
+    scheme = scheme.lower()
+    if scheme not in _SPECIAL_SCHEMES and slashes != "//":
+        return None  # mailto:, javascript:, urn: ... have no authority
+    return scheme, authority, rest
+
+
+def _normalise(url: str) -> str | None:
+    """``scheme://authority rest`` with scheme and host lower-cased; None if the host is bad."""
+    parts = _split(url)
+    if parts is None or url_host(url) is None:
+        return None
+    scheme, authority, rest = parts
+    userinfo, at, host_port = authority.rpartition("@")
+    if host_port.startswith("["):
+        end = host_port.find("]")
+        host, port = host_port[: end + 1], host_port[end + 1:]
+    else:
+        host, colon, port = host_port.partition(":")
+        port = colon + port
+    return f"{scheme}://{userinfo}{at}{host.lower()}{port}{rest}"
+
+
+def _browser_clean(url: str) -> str:
+    """WHATWG: strip leading/trailing C0 controls and spaces, remove tabs and newlines inside."""
+    return url.strip(_C0_AND_SPACE).replace("\t", "").replace("\n", "").replace("\r", "")
+
+
+def _valid_port(port: str, *, bracketed: bool) -> bool:
+    if bracketed:
+        if not port:
+            return True
+        if not port.startswith(":"):
+            return False
+        port = port[1:]
+    return port == "" or (port.isascii() and port.isdigit() and len(port) <= 5)
+
+
+def _decodable(host: str) -> bool:
+    try:
+        unquote(host, errors="strict")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _ends_in_number(host: str) -> bool:
+    """WHATWG "ends in a number": the last label (ignoring one trailing dot) is numeric."""
+    labels = host.split(".")
+    if len(labels) > 1 and labels[-1] == "":
+        labels.pop()
+    return _is_number_part(labels[-1])
+
+
+def _whatwg_ipv4(host: str) -> str | None:
+    """WHATWG "IPv4 parser": the dotted quad for ``0x7f.1``, ``3232235777`` ..., else None."""
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()
+    if len(parts) > 4:
+        return None
+    numbers = []
+    for part in parts:
+        value = _ipv4_number(part)
+        if value is None:
+            return None
+        numbers.append(value)
+    if any(value > 255 for value in numbers[:-1]) or numbers[-1] >= 256 ** (5 - len(numbers)):
+        return None
+    address = numbers[-1]
+    for position, value in enumerate(numbers[:-1]):
+        address += value * 256 ** (3 - position)
+    return str(ipaddress.IPv4Address(address))
+
+
+def _is_number_part(part: str) -> bool:
+    if part[:2] in ("0x", "0X"):
+        return all(char in "0123456789abcdefABCDEF" for char in part[2:])
+    return part != "" and part.isascii() and part.isdigit()
+
+
+def _ipv4_number(part: str) -> int | None:
+    if part == "":
+        return None
+    if part[:2] in ("0x", "0X"):
+        digits, base = part[2:], 16
+    elif len(part) > 1 and part[0] == "0":
+        digits, base = part[1:], 8
+    else:
+        digits, base = part, 10
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 11:
+        return 2**40  # certainly too large; avoids int() on huge strings
+    try:
+        return int(digits, base) if digits.isascii() else None
+    except ValueError:
+        return None

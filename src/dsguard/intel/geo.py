@@ -1,0 +1,37 @@
+"""IP address -> country, offline, from the RIR delegation data bundled in ``iptocc``.
+
+Used for "unexpected country" findings (the 2025 campaign sent from hosts abroad, reported as
+"Ukraine-based 139.28.X.X"). Registry data says where an address block is *registered*, not
+where the host is; it is evidence, never proof.
+
+Addresses that are not globally routable (private, loopback, link-local, shared, reserved,
+documentation, multicast) have no country and give None, as does anything that is not an IP
+address. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are looked up as IPv4.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import iptocc
+
+
+def country_of(ip: str) -> str | None:
+    """ISO 3166 alpha-2 code of the registry record for ``ip`` ("PL"), or None.
+
+    The RIR files occasionally use the reserved codes "EU" and "AP" for regional blocks; they
+    are returned as given.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_global or address.is_multicast:
+        return None
+    try:
+        code = iptocc.country_code(str(address))
+    except ValueError:
+        return None
+    return code.upper() if code else None
