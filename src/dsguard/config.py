@@ -172,6 +172,10 @@ class Limits(_Strict):
     max_decode_seconds: float = Field(default=10.0, gt=0)
     pdf_render_dpi: int = Field(default=110, ge=36, le=400)
     decode_qr: bool = True
+    # Decode attachments in a child process with this address-space cap, killed at the
+    # deadline (PDFium can be made to allocate gigabytes by a tiny file).
+    decode_sandbox: bool = True
+    max_decode_memory_mb: int = Field(default=1024, ge=64)
 
 
 class Intel(_Strict):

@@ -13,6 +13,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable, Iterator
 
+from dsguard.attachments.sandbox import DecodeSandbox, InProcessDecoder
 from dsguard.auth.summary import AuthSummary
 from dsguard.checks import auth, direct_send, headers, limits, transport
 from dsguard.checks.base import Facts, Hit
@@ -60,6 +61,11 @@ class Engine:
         self.config = config
         self.intel = intel if intel is not None else Intel.from_config(config)
         self.accepted = AcceptedDomains(config.organization.accepted_domains)
+        self.decoder: InProcessDecoder | DecodeSandbox = (
+            DecodeSandbox(config.limits.max_decode_memory_mb)
+            if config.limits.decode_sandbox
+            else InProcessDecoder()
+        )
         self._lures = compile_lures(config.lures.patterns)
         self._checks: tuple[Callable[[Facts], Iterable[Hit]], ...] = (
             direct_send.check,
@@ -91,6 +97,7 @@ class Engine:
             attribution=attribution,
             config=self.config,
             intel=self.intel,
+            decoder=self.decoder,
             hops=hops,
         )
         findings = self._score(self._run(facts))
@@ -106,6 +113,10 @@ class Engine:
             iocs=_iocs(facts),
             rds=self.rds_decisions(facts),
         )
+
+    def close(self) -> None:
+        """Stop the decoder child process, if one was started."""
+        self.decoder.close()
 
     def level_for(self, score: float) -> Level:
         s = self.config.scoring

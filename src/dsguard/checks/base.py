@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from dsguard.attachments.qr import QrScan, scan_image, scan_pdf
+from dsguard.attachments.qr import QrScan
 from dsguard.attachments.urls import extract_urls
 from dsguard.auth.summary import AuthSummary
 from dsguard.config import Config
@@ -24,6 +24,11 @@ from dsguard.policy.domains import AcceptedDomains
 
 if TYPE_CHECKING:
     from dsguard.intel.bundle import Intel
+
+
+class Decoder(Protocol):
+    def scan_pdf(self, data: bytes, *, max_pages: int, dpi: int, deadline: float, max_pixels: int) -> QrScan: ...
+    def scan_image(self, data: bytes, *, deadline: float, max_pixels: int) -> QrScan: ...
 
 
 class Hit(NamedTuple):
@@ -62,6 +67,7 @@ class Facts:
         attribution: Attribution,
         config: Config,
         intel: Intel,
+        decoder: Decoder,
         hops: HopAnalysis | None = None,
     ) -> None:
         self.message = message
@@ -71,6 +77,7 @@ class Facts:
         self.attribution = attribution
         self.config = config
         self.intel = intel
+        self.decoder = decoder
         self.hops = hops
 
     # -- sender and organisation --------------------------------------------------------------
@@ -188,7 +195,7 @@ class Facts:
                 or (att.filename.lower().endswith(".pdf"))
             )
             if is_pdf:
-                scan = scan_pdf(
+                scan = self.decoder.scan_pdf(
                     att.data,
                     max_pages=limits.max_pdf_pages,
                     dpi=limits.pdf_render_dpi,
@@ -202,7 +209,9 @@ class Facts:
                 images += 1
                 if images > limits.max_images:
                     continue
-                scan = scan_image(att.data, deadline=deadline, max_pixels=limits.max_image_pixels)
+                scan = self.decoder.scan_image(
+                    att.data, deadline=deadline, max_pixels=limits.max_image_pixels
+                )
                 out.append(QrResult(att, "image", scan))
             if time.monotonic() > deadline:
                 break
