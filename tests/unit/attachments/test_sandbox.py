@@ -26,7 +26,7 @@ def nested_form_bomb(depth: int = 7, fanout: int = 10) -> bytes:
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents %d 0 R "
         b"/Resources << /XObject << /F%d %d 0 R >> >> >>" % (content_id, forms[-1], forms[-1])
     )
-    for i, num in enumerate(forms):
+    for i in range(len(forms)):
         if i == 0:
             stream = b"0 0 m 1 1 l S"
             resources = b""
