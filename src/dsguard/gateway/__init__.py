@@ -1,0 +1,1 @@
+"""SMTP gateway: the aiosmtpd front door, the durable spool and the downstream relay."""

@@ -1,0 +1,586 @@
+"""Relay spooled messages to the downstream mail server, with retries and permanent failures.
+
+One SMTP session (aiosmtplib) per entry: EHLO (HELO if refused), optional STARTTLS, MAIL, one
+RCPT per recipient, DATA. The stored bytes go out unchanged except for what RFC 5321 requires
+of the wire form, which aiosmtplib does: bare CR/LF become CRLF (section 2.3.8) and lines
+starting with "." are dot-stuffed (section 4.5.2).
+
+How a reply becomes an outcome (RFC 5321 4.2.1: 2yz done, 4yz transient, 5yz permanent):
+
+- Session problems - cannot connect, timeout, lost connection, 421, a refused greeting / EHLO,
+  STARTTLS required but not offered or not verifiable - are about the connection, not the
+  message: every recipient not yet settled is a temporary failure. So is a reply that is not a
+  2/4/5 code, and so is any internal fault (design contract: internal faults become temporary
+  failures, never a lost or bounced message).
+- MAIL FROM: 4yz/5yz applies to every recipient.
+- RCPT TO: each recipient keeps its own reply (2yz accepted, 4yz temporary, 5yz permanent).
+- DATA (354 and the final reply): applies to every recipient accepted at RCPT time. A
+  connection lost after the final "." and before the reply counts as temporary; the retry may
+  then duplicate the message (RFC 5321 6.1 prefers duplicates to loss).
+
+Partial results (different recipients, different outcomes) are settled per group: accepted
+recipients are delivered; if the rest all failed the same way the entry itself is narrowed to
+them (``Spool.defer``/``Spool.fail`` with ``rcpt_to=``); if some are temporary and some
+permanent, the permanent ones are split into a new entry (``Spool.split``) kept in failed/ and
+the original entry is deferred for the temporary ones. ``on_result`` is called once per group.
+
+Retries: the n-th temporary failure of an entry waits ``first_delay * factor**(n-1)`` seconds,
+at most ``max_delay``, never beyond ``received_at + max_age`` (or ``meta["requeued_at"] +
+max_age`` after an admin requeue). A temporary failure at or after that deadline becomes
+permanent, like Postfix's ``maximal_queue_lifetime``. Permanent failures stay in failed/ (the
+quarantine, visible to admins); this module sends no bounce.
+
+Scheduling: ``run`` claims due entries whenever a delivery slot is free and otherwise sleeps
+until ``wake()``, the next retry this relay scheduled itself, or ``poll_interval`` (which picks
+up entries written by other processes). On stop, deliveries still running after
+``shutdown_timeout`` are cancelled: recipients the downstream had already accepted count as
+delivered, the others are deferred due at once, so nothing waits in active/ for recover().
+
+SECURITY: the downstream is configured, not chosen by senders, but its replies and the
+envelope are untrusted text. Replies are read by aiosmtplib, which caps line and response
+length; every command and the connection have ``Downstream.timeout``; reply text is stripped of
+control characters and clipped before it is stored or logged (it ends up in the admin UI).
+Envelope addresses with control characters or angle brackets are refused before anything is
+sent (SMTP command injection), and non-ASCII addresses go out only with SMTPUTF8 (RFC 6531)
+when the downstream offers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import aiosmtplib
+
+from dsguard.gateway.spool import META_REQUEUED_AT, Spool, SpoolEntry
+
+log = logging.getLogger(__name__)
+
+DELIVERED: Final = "delivered"
+DEFERRED: Final = "deferred"
+FAILED: Final = "failed"
+
+_SCHEMES: Final = {"smtp": False, "smtp+starttls": True}
+_DEFAULT_PORT: Final = 25
+_MAX_DETAIL_CHARS: Final = 500
+_UNSAFE_IN_ADDRESS: Final = re.compile(r"[\x00-\x1f\x7f<>]")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
+_LINE_ENDING: Final = re.compile(rb"\r\n|\r|\n")
+
+ResultCallback = Callable[[SpoolEntry, str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Downstream:
+    """Where accepted mail goes: the organisation's own mail server."""
+
+    host: str
+    port: int
+    starttls: bool = False  # True: STARTTLS is required and the certificate must verify
+    timeout: float = 60.0  # per connect and per command, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff for temporary failures; ``max_age`` is the total time before one becomes
+    permanent (bounce-worthy)."""
+
+    first_delay: float = 60.0
+    factor: float = 2.0
+    max_delay: float = 3600.0
+    max_age: float = 5 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.first_delay <= 0 or self.max_delay <= 0 or self.max_age < 0:
+            raise ValueError("retry delays must be positive and max_age not negative")
+        if self.factor < 1:
+            raise ValueError("retry factor must be at least 1")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th consecutive temporary failure (1-based)."""
+        try:
+            delay = self.first_delay * self.factor ** max(failures - 1, 0)
+        except OverflowError:
+            return self.max_delay
+        return min(delay, self.max_delay)
+
+
+def parse_downstream(url: str) -> Downstream:
+    """``smtp://host[:port]`` or ``smtp+starttls://host[:port]`` (port 25 if omitted, IPv6 in
+    brackets), optionally ``?timeout=SECONDS``. Raises ValueError naming the problem."""
+    if not isinstance(url, str):
+        raise ValueError("downstream must be a URL string such as smtp://127.0.0.1:2525")
+    parts = urllib.parse.urlsplit(url.strip())
+    # Error messages end up in logs: never repeat a password someone put in the URL.
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    shown = repr(parts._replace(netloc=f"***@{hostport}").geturl() if at else url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ValueError(
+            f"downstream {shown}: scheme must be smtp:// or smtp+starttls://, not {scheme!r}"
+        )
+    if userinfo or at:
+        raise ValueError(f"downstream {shown}: credentials in the URL are not supported")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError(f"downstream {shown}: only host and port are allowed, no path")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"downstream {shown}: no host name")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"downstream {shown}: port must be a number from 1 to 65535")
+    timeout = 60.0
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name != "timeout":
+            raise ValueError(f"downstream {shown}: unknown parameter {name!r}")
+        try:
+            timeout = float(value)
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout < 86400:
+            raise ValueError(f"downstream {shown}: timeout must be seconds, above 0")
+    return Downstream(
+        host=host,
+        port=_DEFAULT_PORT if port is None else port,
+        starttls=_SCHEMES[scheme],
+        timeout=timeout,
+    )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one SMTP session said, per recipient."""
+
+    delivered: list[str] = field(default_factory=list)
+    delivered_reply: str = ""
+    temporary: dict[str, str] = field(default_factory=dict)
+    permanent: dict[str, str] = field(default_factory=dict)
+
+    def settled(self, rcpt: str) -> bool:
+        return rcpt in self.temporary or rcpt in self.permanent or rcpt in self.delivered
+
+    def unsettled_temporary(self, recipients: tuple[str, ...], detail: str) -> None:
+        for rcpt in recipients:
+            if not self.settled(rcpt):
+                self.temporary[rcpt] = detail
+
+
+class Relay:
+    """Deliver what the spool holds to one downstream server, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        downstream: Downstream,
+        retry: RetryPolicy,
+        *,
+        concurrency: int = 4,
+        helo: str,
+        on_result: ResultCallback | None = None,
+        poll_interval: float = 10.0,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not helo or not helo.isascii() or _CONTROL.search(helo) or " " in helo:
+            raise ValueError(f"helo must be a host name, got {helo!r}")
+        if poll_interval <= 0 or shutdown_timeout < 0:
+            raise ValueError("poll_interval must be positive, shutdown_timeout not negative")
+        self._spool = spool
+        self._downstream = downstream
+        self._retry = retry
+        self._concurrency = concurrency
+        self._helo = helo
+        self._on_result = on_result
+        self._poll_interval = poll_interval
+        self._shutdown_timeout = shutdown_timeout
+        self._wake_event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Epoch seconds at which entries this relay deferred become due: sleep until then
+        # rather than until the next poll.
+        self._due_times: list[float] = []
+
+    # -- public ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Start delivery now (called after enqueue) instead of at the next poll. Safe to call
+        from any thread, and before run()."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._wake_event.set()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake_event.set()
+        else:
+            loop.call_soon_threadsafe(self._wake_event.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim due entries and deliver them until ``stop`` is set; then let in-flight
+        deliveries finish (at most ``shutdown_timeout`` seconds; the rest are interrupted and
+        deferred for an immediate retry) and return."""
+        self._loop = asyncio.get_running_loop()
+        inflight: set[asyncio.Task[str]] = set()
+        stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        wake_task: asyncio.Future[Any] | None = None
+        try:
+            while not stop.is_set():
+                if wake_task is None or wake_task.done():
+                    # Cleared before claiming: a wake() during the claim is not lost.
+                    self._wake_event.clear()
+                    wake_task = asyncio.ensure_future(self._wake_event.wait())
+                free = self._concurrency - len(inflight)
+                if free > 0:
+                    for entry in await self._claim(free):
+                        inflight.add(asyncio.create_task(self._deliver_logged(entry)))
+                # With every slot busy, only a finished delivery (or stop) matters.
+                timeout = None if len(inflight) >= self._concurrency else self._sleep_time()
+                waiters: set[asyncio.Future[Any]] = {stop_task, wake_task, *inflight}
+                done, _pending = await asyncio.wait(
+                    waiters,
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                inflight.difference_update(done)
+        finally:
+            stop_task.cancel()
+            if wake_task is not None:
+                wake_task.cancel()
+            await self._drain(inflight)
+            self._loop = None
+
+    async def deliver_once(self, entry: SpoolEntry) -> str:
+        """One delivery attempt of a claimed (active) entry, settled in the spool.
+
+        Returns "delivered" if every recipient accepted it, "deferred" if some or all will be
+        retried, "failed" if the rest failed permanently. Never raises for delivery problems.
+        """
+        attempt = _Attempt()
+        try:
+            if not entry.rcpt_to:
+                attempt.permanent[""] = "entry has no recipients"
+            else:
+                data = await asyncio.to_thread(self._spool.read, entry)
+                await self._transact(entry, data, attempt)
+        except asyncio.CancelledError:
+            # Shutdown: recipients the downstream already took must not get the message again;
+            # the rest are due again at once.
+            attempt.unsettled_temporary(entry.rcpt_to, "delivery interrupted before completion")
+            self._settle_and_report(entry, attempt, interrupted=True)
+            raise
+        except Exception as exc:  # internal fault: temporary by contract
+            log.exception("relay: internal error delivering %s", entry.id)
+            attempt = _Attempt()
+            attempt.unsettled_temporary(entry.rcpt_to, _clip(f"internal error: {exc!r}"))
+        settling = asyncio.ensure_future(
+            asyncio.to_thread(self._settle, entry, attempt, datetime.now(UTC))
+        )
+        try:
+            results = await asyncio.shield(settling)
+        except asyncio.CancelledError:
+            # Spool bookkeeping must not be cut in half: let it finish, then stop.
+            with contextlib.suppress(Exception):
+                await settling
+            raise
+        for result_entry, outcome, detail in results:
+            if outcome == DEFERRED:
+                heapq.heappush(self._due_times, result_entry.next_attempt.timestamp())
+            self._report(result_entry, outcome, detail)
+        outcomes = {outcome for _e, outcome, _d in results}
+        if DEFERRED in outcomes or not outcomes:
+            return DEFERRED
+        return FAILED if FAILED in outcomes else DELIVERED
+
+    # -- loop helpers ----------------------------------------------------------------------
+
+    async def _claim(self, limit: int) -> list[SpoolEntry]:
+        claiming = asyncio.ensure_future(
+            asyncio.to_thread(self._spool.claim_due, datetime.now(UTC), limit)
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Entries claimed by the thread meanwhile would sit in active/ until recover():
+            # hand them back, due at once.
+            with contextlib.suppress(Exception):
+                for entry in await claiming:
+                    with contextlib.suppress(Exception):
+                        self._spool.defer(entry, "claimed during shutdown", datetime.now(UTC))
+            raise
+        except Exception:
+            # A broken spool must not end the relay loop; the next poll tries again.
+            log.exception("relay: cannot claim from the spool")
+            return []
+
+    def _sleep_time(self) -> float:
+        now = time.time()
+        while self._due_times and self._due_times[0] <= now:
+            heapq.heappop(self._due_times)
+        if not self._due_times:
+            return self._poll_interval
+        # A hair late rather than early, so the entry is due when we look.
+        return min(self._poll_interval, self._due_times[0] - now + 0.002)
+
+    async def _deliver_logged(self, entry: SpoolEntry) -> str:
+        try:
+            return await self.deliver_once(entry)
+        except Exception:
+            log.exception("relay: delivery of %s failed unexpectedly", entry.id)
+            return DEFERRED
+
+    async def _drain(self, inflight: set[asyncio.Task[str]]) -> None:
+        if not inflight:
+            return
+        _done, pending = await asyncio.wait(inflight, timeout=self._shutdown_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _settle_and_report(
+        self, entry: SpoolEntry, attempt: _Attempt, *, interrupted: bool
+    ) -> None:
+        """Settle synchronously (we are being cancelled and cannot await a thread)."""
+        for result_entry, outcome, detail in self._settle(
+            entry, attempt, datetime.now(UTC), interrupted=interrupted
+        ):
+            self._report(result_entry, outcome, detail)
+
+    def _report(self, entry: SpoolEntry, outcome: str, detail: str) -> None:
+        log.info("relay: %s %s to %s: %s", entry.id, outcome, ",".join(entry.rcpt_to), detail)
+        if self._on_result is None:
+            return
+        try:
+            self._on_result(entry, outcome, detail)
+        except Exception:
+            log.exception("relay: on_result callback failed for %s", entry.id)
+
+    # -- one SMTP session ------------------------------------------------------------------
+
+    async def _transact(self, entry: SpoolEntry, data: bytes, attempt: _Attempt) -> None:
+        """Run one SMTP session; ``attempt`` records each recipient's outcome as it is known
+        (so an interrupted session still tells who already has the message)."""
+        recipients = entry.rcpt_to
+        if _UNSAFE_IN_ADDRESS.search(entry.mail_from):
+            for rcpt in recipients:
+                attempt.permanent[rcpt] = f"invalid sender address {entry.mail_from!r}"
+            return
+        usable: list[str] = []
+        for rcpt in recipients:
+            if not rcpt or _UNSAFE_IN_ADDRESS.search(rcpt):
+                attempt.permanent[rcpt] = f"invalid recipient address {rcpt!r}"
+            else:
+                usable.append(rcpt)
+        if not usable:
+            return
+        ds = self._downstream
+        where = f"{ds.host}:{ds.port}"
+        smtp = aiosmtplib.SMTP(
+            hostname=ds.host,
+            port=ds.port,
+            local_hostname=self._helo,
+            timeout=ds.timeout,
+            use_tls=False,
+            # smtp:// never upgrades on its own (an unverifiable certificate would then stop
+            # all mail); smtp+starttls:// requires it.
+            start_tls=ds.starttls,
+        )
+        try:
+            await smtp.connect()
+            await self._greet(smtp)
+            await self._send(smtp, entry, usable, data, attempt, where)
+        except aiosmtplib.SMTPResponseException as exc:
+            attempt.unsettled_temporary(recipients, _reply_text(where, exc.code, exc.message))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            attempt.unsettled_temporary(recipients, _clip(f"{where}: {exc}"))
+        finally:
+            smtp.close()
+
+    async def _greet(self, smtp: aiosmtplib.SMTP) -> None:
+        if smtp.last_ehlo_response is not None:
+            return  # connect() already did EHLO (after STARTTLS)
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo()  # pre-ESMTP server (RFC 5321 3.2)
+
+    async def _send(
+        self,
+        smtp: aiosmtplib.SMTP,
+        entry: SpoolEntry,
+        recipients: list[str],
+        data: bytes,
+        attempt: _Attempt,
+        where: str,
+    ) -> None:
+        utf8 = not entry.mail_from.isascii() or not all(r.isascii() for r in recipients)
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            detail = f"{where}: non-ASCII address but SMTPUTF8 is not offered (RFC 6531 3.2)"
+            for rcpt in recipients:
+                attempt.permanent[rcpt] = detail
+            await _quit_quietly(smtp)
+            return
+        encoding = "utf-8" if utf8 else "ascii"
+        params: list[bytes] = []
+        if smtp.supports_extension("size"):
+            params.append(b"SIZE=%d" % _wire_size(data))  # RFC 1870
+        if smtp.supports_extension("8bitmime") and not data.isascii():
+            params.append(b"BODY=8BITMIME")  # RFC 6152
+        if utf8:
+            params.append(b"SMTPUTF8")
+        mail_from = b"FROM:<" + entry.mail_from.encode(encoding) + b">"
+        reply = await smtp.execute_command(b"MAIL", mail_from, *params)
+        if not _is_success(reply.code):
+            _settle_all(
+                attempt, recipients, reply.code, _reply_text(where, reply.code, reply.message)
+            )
+            await _quit_quietly(smtp)
+            return
+        accepted: list[str] = []
+        for rcpt in recipients:
+            reply = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
+            if _is_success(reply.code):
+                accepted.append(rcpt)
+            else:
+                _settle_all(
+                    attempt, [rcpt], reply.code, _reply_text(where, reply.code, reply.message)
+                )
+        if not accepted:
+            await _quit_quietly(smtp)
+            return
+        try:
+            reply = await smtp.data(data)
+        except aiosmtplib.SMTPDataError as exc:
+            _settle_all(attempt, accepted, exc.code, _reply_text(where, exc.code, exc.message))
+            await _quit_quietly(smtp)
+            return
+        attempt.delivered.extend(accepted)
+        attempt.delivered_reply = _reply_text(where, reply.code, reply.message)
+        await _quit_quietly(smtp)  # the message is delivered whatever QUIT does
+
+    # -- settling in the spool (runs in a worker thread) -----------------------------------
+
+    def _settle(
+        self, entry: SpoolEntry, attempt: _Attempt, now: datetime, *, interrupted: bool = False
+    ) -> list[tuple[SpoolEntry, str, str]]:
+        results: list[tuple[SpoolEntry, str, str]] = []
+        delivered = tuple(r for r in entry.rcpt_to if r in attempt.delivered)
+        temporary = {r: attempt.temporary[r] for r in entry.rcpt_to if r in attempt.temporary}
+        permanent = {r: attempt.permanent[r] for r in entry.rcpt_to if r in attempt.permanent}
+        if not entry.rcpt_to:
+            permanent = dict(attempt.permanent)
+        try:
+            if delivered:
+                results.append(
+                    (replace(entry, rcpt_to=delivered), DELIVERED, attempt.delivered_reply)
+                )
+            if not temporary and not permanent:
+                self._spool.done(entry)
+                return results
+            start = _retry_clock_start(entry)
+            deadline = start + timedelta(seconds=self._retry.max_age)
+            if temporary and now >= deadline:
+                age = _human_age((now - start).total_seconds())
+                for rcpt, detail in temporary.items():
+                    permanent[rcpt] = f"gave up after {age} of temporary failures: {detail}"
+                temporary = {}
+            perm_error = _summarise(permanent)
+            perm_rcpts = tuple(r for r in permanent if r)
+            if temporary:
+                temp_error = _summarise(temporary)
+                delay = timedelta(seconds=self._retry.delay(entry.attempts + 1))
+                next_attempt = now if interrupted else min(now + delay, deadline)
+                if permanent:
+                    piece = self._spool.split(entry, perm_rcpts)
+                    self._spool.fail(piece, perm_error)
+                    results.append((_failed_view(piece, perm_error), FAILED, perm_error))
+                deferred = self._spool.defer(
+                    entry, temp_error, next_attempt, rcpt_to=tuple(temporary)
+                )
+                results.append((deferred, DEFERRED, temp_error))
+            else:
+                self._spool.fail(entry, perm_error, rcpt_to=perm_rcpts or entry.rcpt_to)
+                failed = replace(entry, rcpt_to=perm_rcpts or entry.rcpt_to)
+                results.append((_failed_view(failed, perm_error), FAILED, perm_error))
+        except Exception as exc:
+            # Whatever is still in active/ goes back to new/ at the next recover(): never lost.
+            log.error("relay: cannot record the outcome for %s in the spool: %s", entry.id, exc)
+            results.append((entry, DEFERRED, _clip(f"spool error: {exc}")))
+        return results
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def _is_success(code: int) -> bool:
+    return 200 <= code < 300
+
+
+def _settle_all(attempt: _Attempt, recipients: list[str], code: int, detail: str) -> None:
+    # Only 5yz is permanent; 4yz and anything that is not a valid SMTP code are temporary.
+    target = attempt.permanent if 500 <= code < 600 else attempt.temporary
+    for rcpt in recipients:
+        target[rcpt] = detail
+
+
+async def _quit_quietly(smtp: aiosmtplib.SMTP) -> None:
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+        await smtp.quit()
+
+
+def _reply_text(where: str, code: int, message: str) -> str:
+    return _clip(f"{where} said: {code} {message}")
+
+
+def _clip(text: str) -> str:
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[: _MAX_DETAIL_CHARS - 3] + "..."
+
+
+def _summarise(details: Mapping[str, str]) -> str:
+    texts = set(details.values())
+    if len(texts) == 1:
+        return next(iter(texts))
+    return "; ".join(f"<{rcpt}>: {text}" for rcpt, text in details.items())
+
+
+def _wire_size(data: bytes) -> int:
+    size = len(_LINE_ENDING.sub(b"\r\n", data))
+    return size if data.endswith((b"\r\n", b"\n", b"\r")) else size + 2
+
+
+def _retry_clock_start(entry: SpoolEntry) -> datetime:
+    requeued = entry.meta.get(META_REQUEUED_AT)
+    if requeued:
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(requeued)
+            if value.tzinfo is not None:
+                return value
+    return entry.received_at
+
+
+def _failed_view(entry: SpoolEntry, error: str) -> SpoolEntry:
+    return replace(entry, attempts=entry.attempts + 1, last_error=error)
+
+
+def _human_age(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds:.0f} seconds"

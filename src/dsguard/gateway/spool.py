@@ -1,0 +1,685 @@
+"""Durable on-disk spool of the SMTP gateway: a message answered with 250 survives any crash.
+
+Layout: one directory per state (all 0700), one file per entry (0600) named by the entry id::
+
+    <spool>/tmp/       files being written; never entries (recover() deletes them)
+    <spool>/new/       accepted, waiting for the first delivery attempt
+    <spool>/active/    claimed by one relay worker (an attempt is in progress)
+    <spool>/deferred/  temporary failure, retried at ``next_attempt``
+    <spool>/failed/    permanent failure, kept with the reason for an admin (``requeue_failed``)
+
+File format: the first line is a JSON object (``ensure_ascii``, so it holds no raw newline)
+ended by LF; every byte after that LF is the message exactly as received (binary-safe, CRLF
+kept)::
+
+    {"v":1,"id":"...","mail_from":"...","rcpt_to":[...],...,"size":1234}\\n<message bytes>
+
+``size`` is the length of the message part, so a truncated file is detected, never relayed.
+Header and message live in one file so that one fsync and one rename make both durable at once.
+
+Crash safety (design contract: "a message acknowledged with 250 is on disk (fsync'd) before the
+reply, and is delivered or quarantined after any crash or restart"). The argument, the one
+Postfix's queue rests on, uses two facts: rename(2) within a file system is atomic, and a new
+name is durable once its directory has been fsync'd.
+
+- ``enqueue``: write header+message to ``tmp/<id>``, fsync the file, rename it to ``new/<id>``,
+  fsync ``new/``; only then return (and only then may the gateway say 250). A crash before the
+  rename leaves a file in tmp/ only: enqueue had not returned, the client got no 250 and will
+  retry, and recover() deletes the file. Once a name exists in a state directory it points at
+  data that was fsync'd before the rename, so no state directory ever holds a half-written file.
+- Metadata changes (``defer``, ``fail``, ``requeue_failed``) never edit a file in place: a
+  complete new file is written to tmp/, fsync'd and renamed *over* ``active/<id>`` (an atomic
+  replace), then ``active/<id>`` is renamed into the next state directory and both directories
+  are fsync'd. At every instant exactly one complete file for the id exists in a state
+  directory, with the old or the new header, in active/ or in the target: each a valid entry.
+- Every state change is a single rename, and only the worker that renamed an entry into
+  active/ touches it there. Renaming a file that another worker already took fails with
+  ENOENT, so two workers (threads or processes) never claim the same entry.
+- ``done`` unlinks ``active/<id>`` and fsyncs active/. A crash before that fsync delivers the
+  message again after recover(): delivery is at-least-once, like SMTP itself (RFC 5321 6.1).
+- ``recover`` (once at startup, before any relay worker runs) moves everything in active/ back
+  to new/, deletes tmp/ files, and wraps every file it cannot parse into a failed/ entry whose
+  message part is the damaged file's raw bytes and whose ``last_error`` says what is wrong. It
+  does not raise for a bad file.
+
+Claiming (new|deferred -> active) is not fsync'd: if that rename is lost in a crash, the entry
+simply waits in its old directory, which is just as good.
+
+SECURITY: spool files are written only by this module, but the envelope and meta strings in
+them come from SMTP clients (addresses, HELO) and a damaged or tampered file must not stop the
+gateway. The header line is read with a hard limit (``MAX_HEADER_BYTES``) and checked field by
+field (type, id, datetimes with a time zone, size against the real file size); any surprise
+makes the file "corrupt" and it is moved aside to failed/, never interpreted further. Paths are
+built only from ids matching ``ID_PATTERN`` (``requeue_failed`` takes an id typed into an admin
+UI), files are opened with O_NOFOLLOW so a symlink planted in a state directory is not
+followed, and the modes 0700/0600 keep other local users away from the mail.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Final, TypeVar
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+STATES: Final = ("new", "active", "deferred", "failed")
+TMP: Final = "tmp"
+FORMAT_VERSION: Final = 1
+# Envelope + meta of a real message is a few KB; 1 MiB is far beyond and still cheap to read.
+MAX_HEADER_BYTES: Final = 1 << 20
+# Downstream replies can be long (multi-line); the admin UI needs the gist, not a novel.
+MAX_ERROR_CHARS: Final = 2000
+# Ids sort by creation time (UTC, microseconds) and carry 64 random bits against collisions.
+ID_PATTERN: Final = re.compile(r"\A\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{16}\Z")
+_ID_TIME_FORMAT: Final = "%Y%m%dT%H%M%S.%fZ"
+
+# meta keys this module writes itself.
+META_REQUEUED_AT: Final = "requeued_at"
+META_SPLIT_FROM: Final = "split_from"
+META_CORRUPT_SOURCE: Final = "corrupt_source"
+
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+_COPY_CHUNK: Final = 1 << 20
+_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_OPEN_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
+_OPEN_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
+
+
+class SpoolCorruptError(ValueError):
+    """A spool file that cannot be read as an entry (bad header, truncated message...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One spooled message: its envelope and delivery bookkeeping (the message bytes stay on
+    disk; ``Spool.read`` returns them)."""
+
+    id: str  # sortable unique id (UTC time + random), safe as a file name
+    mail_from: str  # "" = null reverse-path <>
+    rcpt_to: tuple[str, ...]
+    received_at: datetime  # aware, UTC
+    attempts: int
+    next_attempt: datetime  # aware, UTC
+    last_error: str
+    meta: dict[str, str]  # free-form: client_ip, verdict, session id...
+
+
+class Spool:
+    """The spool directory. Safe to use from several threads and processes at once, except
+    ``recover``, which must run alone at startup."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        for name in (*STATES, TMP):
+            path = self.directory / name
+            path.mkdir(mode=_DIR_MODE, exist_ok=True)
+            # mkdir's mode is filtered by the umask and ignored for existing directories.
+            os.chmod(path, _DIR_MODE)
+        _fsync_dir(self.directory)
+        self._lock = threading.Lock()
+        # deferred id -> (inode, mtime_ns, next_attempt): claim_due need not reread headers.
+        self._due_cache: dict[str, tuple[int, int, datetime]] = {}
+
+    # -- accepting -------------------------------------------------------------------------
+
+    def enqueue(
+        self, data: bytes, mail_from: str, rcpt_to: Sequence[str], meta: Mapping[str, str]
+    ) -> SpoolEntry:
+        """Store a message durably; on return it is fsync'd in new/ (the gateway may say 250).
+
+        Any OSError propagates (the gateway answers 451); nothing is left behind in new/ then.
+        """
+        recipients = tuple(rcpt_to)
+        _check_envelope(mail_from, recipients, meta)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("message data must be bytes")
+        now = _utcnow()
+        entry = SpoolEntry(
+            id=_new_id(now),
+            mail_from=mail_from,
+            rcpt_to=recipients,
+            received_at=now,
+            attempts=0,
+            next_attempt=now,
+            last_error="",
+            meta=dict(meta),
+        )
+        header = _encode_header(entry, len(data))
+        tmp = self._tmp_path(entry.id)
+        _write_durably(tmp, (header, bytes(data)))
+        target = self._path("new", entry.id)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        try:
+            _fsync_dir(target.parent)
+        except BaseException:
+            # Durability unknown: take the entry back so the 451 the caller sends is the truth.
+            _unlink_quietly(target)
+            raise
+        return entry
+
+    # -- relay side ------------------------------------------------------------------------
+
+    def claim_due(self, now: datetime, limit: int) -> builtins.list[SpoolEntry]:
+        """Move up to ``limit`` entries that are due (all of new/, deferred/ entries whose
+        ``next_attempt`` has passed) into active/ and return them, oldest due first."""
+        if limit <= 0:
+            return []
+        now = _aware(now, "now")
+        candidates: builtins.list[tuple[datetime, str, str]] = []
+        for name in self._entry_names("new"):
+            candidates.append((_id_time(name), name, "new"))
+        for name, due in self._deferred_due():
+            if due <= now:
+                candidates.append((due, name, "deferred"))
+        candidates.sort()
+        claimed: builtins.list[SpoolEntry] = []
+        for _due, name, state in candidates:
+            if len(claimed) >= limit:
+                break
+            entry = self._claim(state, name)
+            if entry is not None:
+                claimed.append(entry)
+        return claimed
+
+    def read(self, entry: SpoolEntry) -> bytes:
+        """The message bytes exactly as enqueued, from whichever state directory holds them."""
+        _check_id(entry.id)
+        for state in ("active", "new", "deferred", "failed"):
+            try:
+                with self._open(state, entry.id) as handle:
+                    _parsed, size = _read_header(handle, entry.id)
+                    body = handle.read()
+            except FileNotFoundError:
+                continue
+            if len(body) != size:
+                raise SpoolCorruptError(
+                    f"{state}/{entry.id}: message part is {len(body)} bytes, header says {size}"
+                )
+            return body
+        raise FileNotFoundError(f"no spool entry {entry.id}")
+
+    def done(self, entry: SpoolEntry) -> None:
+        """Delivered: remove the entry (from active/) and make the removal durable."""
+        path = self._path("active", _check_id(entry.id))
+        os.unlink(path)
+        _fsync_dir(path.parent)
+
+    def defer(
+        self,
+        entry: SpoolEntry,
+        error: str,
+        next_attempt: datetime,
+        *,
+        rcpt_to: Sequence[str] | None = None,
+    ) -> SpoolEntry:
+        """Temporary failure: record the attempt and park the entry in deferred/ until
+        ``next_attempt``. ``rcpt_to`` narrows the recipients still to be tried (the others were
+        delivered or failed). Returns the entry as stored."""
+        updated = replace(
+            entry,
+            attempts=entry.attempts + 1,
+            last_error=_clip_error(error),
+            next_attempt=_aware(next_attempt, "next_attempt"),
+            rcpt_to=entry.rcpt_to if rcpt_to is None else _recipients(rcpt_to),
+        )
+        self._rewrite_active(updated)
+        self._move(updated.id, "active", "deferred")
+        return updated
+
+    def fail(self, entry: SpoolEntry, error: str, *, rcpt_to: Sequence[str] | None = None) -> None:
+        """Permanent failure: keep the entry in failed/ with the reason (visible in
+        ``list("failed")``, deliverable again with ``requeue_failed``). ``rcpt_to`` narrows the
+        recipients kept to the ones that failed."""
+        updated = replace(
+            entry,
+            attempts=entry.attempts + 1,
+            last_error=_clip_error(error),
+            rcpt_to=entry.rcpt_to if rcpt_to is None else _recipients(rcpt_to),
+        )
+        self._rewrite_active(updated)
+        self._move(updated.id, "active", "failed")
+
+    def split(self, entry: SpoolEntry, rcpt_to: Sequence[str]) -> SpoolEntry:
+        """Copy an active entry, for ``rcpt_to`` only, into a new active entry (new id, same
+        message, received_at, attempts and meta plus ``split_from``) and return it.
+
+        Used when one attempt ends differently for different recipients (RFC 5321 3.3: each
+        RCPT has its own reply): the caller then settles each entry with defer/fail. A crash
+        between split and settling leaves both in active/; recover() retries both, so those
+        recipients may get the message twice, never zero times.
+        """
+        recipients = _recipients(rcpt_to)
+        if not recipients:
+            raise ValueError("split needs at least one recipient")
+        source = self._path("active", _check_id(entry.id))
+        piece = replace(
+            entry,
+            id=_new_id(_utcnow()),
+            rcpt_to=recipients,
+            meta={**entry.meta, META_SPLIT_FROM: entry.id},
+        )
+        tmp = self._tmp_path(piece.id)
+        self._copy_with_header(source, entry.id, piece, tmp)
+        target = self._path("active", piece.id)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        _fsync_dir(target.parent)
+        return piece
+
+    # -- admin side ------------------------------------------------------------------------
+
+    def list(self, state: str) -> builtins.list[SpoolEntry]:
+        """Entries in one state ("new", "active", "deferred", "failed"), oldest first.
+        Unreadable files are skipped (and logged); recover() moves them aside."""
+        if state not in STATES:
+            raise ValueError(f"unknown spool state {state!r}; expected one of {STATES}")
+        entries: builtins.list[SpoolEntry] = []
+        for name in self._entry_names(state):
+            try:
+                entries.append(self._load(state, name))
+            except FileNotFoundError:
+                continue  # moved on by a worker meanwhile
+            except (SpoolCorruptError, OSError) as exc:
+                log.warning("spool: skipping unreadable %s/%s: %s", state, name, exc)
+        return entries
+
+    def requeue_failed(self, entry_id: str) -> bool:
+        """Admin action: move a failed entry back to new/ for immediate delivery, with a fresh
+        attempt count (``meta["requeued_at"]`` restarts the relay's retry clock). False if the
+        id is not in failed/ or the entry has no recipient to deliver to."""
+        if not isinstance(entry_id, str) or not ID_PATTERN.match(entry_id):
+            return False
+        failed, active = self._path("failed", entry_id), self._path("active", entry_id)
+        try:
+            os.rename(failed, active)  # take ownership first: concurrent requeues lose here
+        except FileNotFoundError:
+            return False
+        try:
+            entry = self._load("active", entry_id)
+        except (SpoolCorruptError, OSError) as exc:
+            log.warning("spool: cannot requeue %s: %s", entry_id, exc)
+            os.rename(active, failed)
+            return False
+        if not entry.rcpt_to:
+            os.rename(active, failed)
+            return False
+        now = _utcnow()
+        meta = {**entry.meta, META_REQUEUED_AT: now.isoformat()}
+        updated = replace(entry, attempts=0, last_error="", next_attempt=now, meta=meta)
+        self._rewrite_active(updated)
+        self._move(entry_id, "active", "new")
+        _fsync_dir(failed.parent)
+        return True
+
+    def recover(self) -> int:
+        """Startup repair; returns how many interrupted entries went from active/ to new/.
+
+        Deletes tmp/ files (enqueue never returned for them), moves active/ back to new/ (the
+        process died mid-delivery) and moves unparsable files aside into failed/. Problems with
+        single files are logged, never raised.
+        """
+        self._clear_tmp()
+        recovered = 0
+        for state in ("active", "new", "deferred", "failed"):
+            directory = self.directory / state
+            with os.scandir(directory) as listing:
+                items = sorted(listing, key=lambda e: e.name)
+            for item in items:
+                if item.is_dir(follow_symlinks=False):
+                    log.warning("spool: ignoring directory %s/%s", state, item.name)
+                    continue
+                try:
+                    if not ID_PATTERN.match(item.name):
+                        raise SpoolCorruptError(f"file name {item.name!r} is not a spool id")
+                    self._load(state, item.name)
+                    if state == "active":
+                        os.rename(item.path, self._path("new", item.name))
+                        recovered += 1
+                except SpoolCorruptError as exc:
+                    self._set_aside(state, item.name, str(exc))
+                except OSError as exc:
+                    log.error("spool: cannot recover %s/%s: %s", state, item.name, exc)
+            _fsync_dir(directory)
+        _fsync_dir(self.directory / "new")
+        with self._lock:
+            self._due_cache.clear()
+        return recovered
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _path(self, state: str, entry_id: str) -> Path:
+        return self.directory / state / entry_id
+
+    def _tmp_path(self, entry_id: str) -> Path:
+        return self.directory / TMP / f"{entry_id}.{secrets.token_hex(4)}"
+
+    def _open(self, state: str, name: str) -> BinaryIO:
+        fd = os.open(self._path(state, name), _OPEN_READ)
+        return os.fdopen(fd, "rb")
+
+    def _entry_names(self, state: str) -> builtins.list[str]:
+        return sorted(n for n in os.listdir(self.directory / state) if ID_PATTERN.match(n))
+
+    def _load(self, state: str, name: str) -> SpoolEntry:
+        with self._open(state, name) as handle:
+            entry, size = _read_header(handle, name)
+            body_size = os.fstat(handle.fileno()).st_size - handle.tell()
+        if body_size != size:
+            raise SpoolCorruptError(f"message part is {body_size} bytes, header says {size}")
+        return entry
+
+    def _claim(self, state: str, name: str) -> SpoolEntry | None:
+        try:
+            os.rename(self._path(state, name), self._path("active", name))
+        except FileNotFoundError:
+            return None  # another worker was faster
+        try:
+            return self._load("active", name)
+        except SpoolCorruptError as exc:
+            self._set_aside("active", name, str(exc))
+        except OSError as exc:
+            # Stays in active/ until the next recover(): never lost, never sent twice.
+            log.error("spool: cannot read claimed entry %s: %s", name, exc)
+        return None
+
+    def _deferred_due(self) -> Iterator[tuple[str, datetime]]:
+        seen: dict[str, tuple[int, int, datetime]] = {}
+        with os.scandir(self.directory / "deferred") as items:
+            for item in items:
+                if not ID_PATTERN.match(item.name):
+                    continue
+                try:
+                    stat = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                with self._lock:
+                    cached = self._due_cache.get(item.name)
+                if cached is not None and cached[:2] == (stat.st_ino, stat.st_mtime_ns):
+                    due = cached[2]
+                else:
+                    try:
+                        due = self._load("deferred", item.name).next_attempt
+                    except FileNotFoundError:
+                        continue
+                    except (SpoolCorruptError, OSError):
+                        # Due at once: _claim moves it aside as corrupt (or logs why not).
+                        due = datetime.min.replace(tzinfo=UTC)
+                seen[item.name] = (stat.st_ino, stat.st_mtime_ns, due)
+                yield item.name, due
+        with self._lock:
+            self._due_cache = seen
+
+    def _move(self, entry_id: str, source: str, target: str) -> None:
+        os.rename(self._path(source, entry_id), self._path(target, entry_id))
+        _fsync_dir(self.directory / target)
+        _fsync_dir(self.directory / source)
+
+    def _rewrite_active(self, updated: SpoolEntry) -> None:
+        """Replace active/<id> by a complete copy with ``updated``'s header (see module doc)."""
+        path = self._path("active", _check_id(updated.id))
+        tmp = self._tmp_path(updated.id)
+        self._copy_with_header(path, updated.id, updated, tmp)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def _copy_with_header(
+        self, source: Path, source_id: str, header_entry: SpoolEntry, tmp: Path
+    ) -> None:
+        fd = os.open(source, _OPEN_READ)
+        with os.fdopen(fd, "rb") as handle:
+            _old, size = _read_header(handle, source_id)
+            header = _encode_header(header_entry, size)
+            copied = _write_durably(tmp, _chain((header,), _chunks(handle)))
+        if copied != len(header) + size:
+            _unlink_quietly(tmp)
+            raise SpoolCorruptError(
+                f"{source_id}: message part is {copied - len(header)} bytes, header says {size}"
+            )
+
+    def _set_aside(self, state: str, name: str, reason: str) -> None:
+        """Wrap a damaged file into a valid failed/ entry (raw bytes kept as the message)."""
+        source = self.directory / state / name
+        try:
+            fd = os.open(source, _OPEN_READ)
+            with os.fdopen(fd, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            log.error("spool: cannot read damaged %s/%s: %s", state, name, exc)
+            return
+        now = _utcnow()
+        entry_id = name if ID_PATTERN.match(name) else _new_id(now)
+        wrapper = SpoolEntry(
+            id=entry_id,
+            mail_from="",
+            rcpt_to=(),
+            received_at=now,
+            attempts=0,
+            next_attempt=now,
+            last_error=_clip_error(f"corrupt spool file {state}/{name}: {reason}"),
+            meta={META_CORRUPT_SOURCE: f"{state}/{name}"},
+        )
+        target = self._path("failed", entry_id)
+        tmp = self._tmp_path(entry_id)
+        try:
+            _write_durably(tmp, (_encode_header(wrapper, len(raw)), raw))
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            if source != target:
+                os.unlink(source)
+                _fsync_dir(source.parent)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            log.error("spool: cannot move damaged %s/%s aside: %s", state, name, exc)
+            return
+        log.warning("spool: moved damaged %s/%s to failed/%s: %s", state, name, entry_id, reason)
+
+    def _clear_tmp(self) -> None:
+        directory = self.directory / TMP
+        with os.scandir(directory) as listing:
+            items = builtins.list(listing)
+        for item in items:
+            if item.is_dir(follow_symlinks=False):
+                log.warning("spool: ignoring directory tmp/%s", item.name)
+                continue
+            try:
+                os.unlink(item.path)
+            except OSError as exc:
+                log.error("spool: cannot delete tmp/%s: %s", item.name, exc)
+        _fsync_dir(directory)
+
+
+# -- file format -----------------------------------------------------------------------------
+
+
+def _encode_header(entry: SpoolEntry, size: int) -> bytes:
+    fields: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "id": entry.id,
+        "mail_from": entry.mail_from,
+        "rcpt_to": list(entry.rcpt_to),
+        "received_at": entry.received_at.isoformat(),
+        "attempts": entry.attempts,
+        "next_attempt": entry.next_attempt.isoformat(),
+        "last_error": entry.last_error,
+        "meta": entry.meta,
+        "size": size,
+    }
+    header = json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"spool header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    return header
+
+
+def _read_header(handle: BinaryIO, expected_id: str) -> tuple[SpoolEntry, int]:
+    line = handle.readline(MAX_HEADER_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise SpoolCorruptError("header line is missing, unterminated or too long")
+    try:
+        fields = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise SpoolCorruptError(f"header is not JSON: {exc}") from None
+    return _entry_from_fields(fields, expected_id)
+
+
+def _entry_from_fields(fields: object, expected_id: str) -> tuple[SpoolEntry, int]:
+    if not isinstance(fields, dict):
+        raise SpoolCorruptError("header is not a JSON object")
+    if fields.get("v") != FORMAT_VERSION:
+        raise SpoolCorruptError(f"unknown format version {fields.get('v')!r}")
+    entry_id = _field(fields, "id", str)
+    if entry_id != expected_id:
+        raise SpoolCorruptError(f"header id {entry_id!r} does not match file name")
+    rcpt_to = _field(fields, "rcpt_to", list)
+    meta = _field(fields, "meta", dict)
+    if not all(isinstance(r, str) for r in rcpt_to):
+        raise SpoolCorruptError("rcpt_to holds a non-string")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise SpoolCorruptError("meta holds a non-string")
+    attempts = _field(fields, "attempts", int)
+    size = _field(fields, "size", int)
+    if attempts < 0 or size < 0:
+        raise SpoolCorruptError("negative attempts or size")
+    entry = SpoolEntry(
+        id=entry_id,
+        mail_from=_field(fields, "mail_from", str),
+        rcpt_to=tuple(rcpt_to),
+        received_at=_time_field(fields, "received_at"),
+        attempts=attempts,
+        next_attempt=_time_field(fields, "next_attempt"),
+        last_error=_field(fields, "last_error", str),
+        meta=meta,
+    )
+    return entry, size
+
+
+def _field(fields: dict[str, Any], name: str, kind: type[_T]) -> _T:
+    value = fields.get(name)
+    # bool is an int subclass; a header with "attempts": true is damaged, not 1.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SpoolCorruptError(f"header field {name!r} missing or not {kind.__name__}")
+    return value
+
+
+def _time_field(fields: dict[str, Any], name: str) -> datetime:
+    text = _field(fields, name, str)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise SpoolCorruptError(f"header field {name!r} is not a timestamp") from None
+    if value.tzinfo is None:
+        raise SpoolCorruptError(f"header field {name!r} has no time zone")
+    return value.astimezone(UTC)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _write_durably(path: Path, chunks: Iterable[bytes]) -> int:
+    """Create ``path`` (0600, must not exist), write ``chunks``, fsync; returns bytes written."""
+    fd = os.open(path, _OPEN_CREATE, _FILE_MODE)
+    written = 0
+    try:
+        os.fchmod(fd, _FILE_MODE)  # the umask may have removed bits we need
+        with os.fdopen(fd, "wb", closefd=False) as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                written += len(chunk)
+            handle.flush()
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(path)
+        raise
+    os.close(fd)
+    return written
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(_COPY_CHUNK):
+        yield chunk
+
+
+def _chain(*parts: Iterable[bytes]) -> Iterator[bytes]:
+    for part in parts:
+        yield from part
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id(now: datetime) -> str:
+    return f"{now.astimezone(UTC).strftime(_ID_TIME_FORMAT)}-{secrets.token_hex(8)}"
+
+
+def _id_time(entry_id: str) -> datetime:
+    return datetime.strptime(entry_id.split("-", 1)[0], _ID_TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def _check_id(entry_id: str) -> str:
+    if not isinstance(entry_id, str) or not ID_PATTERN.match(entry_id):
+        raise ValueError(f"not a spool id: {entry_id!r}")
+    return entry_id
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def _recipients(rcpt_to: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(rcpt_to, str) or not all(isinstance(r, str) for r in rcpt_to):
+        raise TypeError("rcpt_to must be a sequence of str")
+    return tuple(rcpt_to)
+
+
+def _check_envelope(mail_from: str, rcpt_to: tuple[str, ...], meta: Mapping[str, str]) -> None:
+    if not isinstance(mail_from, str):
+        raise TypeError("mail_from must be str")
+    if not _recipients(rcpt_to):
+        raise ValueError("a spooled message needs at least one recipient")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise TypeError("meta must map str to str")
+
+
+def _clip_error(error: str) -> str:
+    text = str(error)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."

@@ -1,0 +1,372 @@
+"""recover() after crashes: nothing enqueue() returned for is lost, damaged files are set aside.
+
+Crashes are real: a child process runs a spool operation and dies (``os._exit``, no cleanup,
+like SIGKILL) right before its n-th file-system call inside the spool (open, rename, unlink,
+seen through a ``sys.addaudithook`` hook), for n = 1, 2, ... until the operation completes.
+Crashes in the middle of writing a file come from RLIMIT_FSIZE: the kernel kills the child
+with SIGXFSZ when the file reaches the limit. After each crash the parent runs recover() and
+checks the spool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from dsguard.gateway.spool import ID_PATTERN, STATES, Spool, SpoolEntry
+
+MESSAGE = b"Subject: crash\r\n\r\n" + b"body with \x00 and \xff\r\n.\r\nend\n" * 40
+CRASHED = 77
+
+CHILD = r"""
+import os, resource, signal, sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from dsguard.gateway.spool import Spool
+
+spool_dir, operation, step, entry_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+MESSAGE = bytes.fromhex(sys.argv[5])
+file_size_limit = int(sys.argv[6])
+spool = Spool(Path(spool_dir))
+if file_size_limit:
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it by default
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+calls = 0
+
+def crash_before_nth_call(event, args):
+    global calls
+    if event not in ("open", "os.rename", "os.remove"):
+        return
+    if not (args and isinstance(args[0], (str, os.PathLike))):
+        return
+    if os.fspath(args[0]).startswith(spool_dir):
+        calls += 1
+        if calls == step:
+            os._exit(77)
+
+def claimed():
+    now = datetime.now(UTC) + timedelta(days=1)
+    return next(e for e in spool.claim_due(now, 100) if e.id == entry_id)
+
+sys.addaudithook(crash_before_nth_call)
+if operation == "enqueue":
+    print(spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {"k": "v"}).id)
+elif operation == "defer":
+    spool.defer(claimed(), "451 later", datetime.now(UTC) + timedelta(hours=1))
+elif operation == "fail":
+    spool.fail(claimed(), "550 no")
+elif operation == "done":
+    spool.done(claimed())
+elif operation == "requeue":
+    assert spool.requeue_failed(entry_id)
+elif operation == "split":
+    entry = claimed()
+    piece = spool.split(entry, ["y@example.com"])
+    spool.fail(piece, "550 no such user")
+    spool.defer(entry, "450 busy", datetime.now(UTC), rcpt_to=["x@example.com"])
+elif operation == "recover":
+    spool.recover()
+"""
+
+
+def run_child(
+    spool_dir: Path, operation: str, step: int, entry_id: str = "-", file_size_limit: int = 0
+) -> str | None:
+    """Run ``operation``; None if the child crashed, else its output."""
+    args = [spool_dir, operation, step, entry_id, MESSAGE.hex(), file_size_limit]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, args)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode in (CRASHED, -signal.SIGXFSZ):
+        return None
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
+
+
+def where(spool_dir: Path, entry_id: str) -> list[str]:
+    return [s for s in STATES if (spool_dir / s / entry_id).exists()]
+
+
+def all_entries(spool: Spool) -> list[SpoolEntry]:
+    return [e for s in STATES for e in spool.list(s)]
+
+
+def assert_consistent(spool: Spool) -> None:
+    """What every recovered spool looks like: no tmp files, nothing in active/, no damage."""
+    assert os.listdir(spool.directory / "tmp") == []
+    assert spool.list("active") == []
+    assert [e for e in spool.list("failed") if "corrupt" in e.last_error] == []
+    for entry in all_entries(spool):
+        assert spool.read(entry) == MESSAGE
+
+
+def prepare(spool_dir: Path, state: str, rcpt_to: tuple[str, ...] = ("b@example.com",)) -> str:
+    spool = Spool(spool_dir)
+    entry = spool.enqueue(MESSAGE, "a@example.com", rcpt_to, {})
+    if state != "new":
+        [claimed] = spool.claim_due(datetime.now(UTC), 1)
+        if state == "failed":
+            spool.fail(claimed, "550 no")
+        elif state == "deferred":
+            spool.defer(claimed, "451 later", datetime.now(UTC))
+    return entry.id
+
+
+@pytest.mark.parametrize("operation", ["defer", "fail", "done", "requeue"])
+def test_a_crash_at_any_step_of_a_state_change_keeps_the_entry(
+    tmp_path: Path, operation: str
+) -> None:
+    start_state = "failed" if operation == "requeue" else "new"
+    step = 1
+    while True:
+        spool_dir = tmp_path / f"step{step}"
+        entry_id = prepare(spool_dir, start_state)
+
+        output = run_child(spool_dir, operation, step, entry_id)
+        spool = Spool(spool_dir)
+        spool.recover()
+
+        assert_consistent(spool)
+        states = where(spool_dir, entry_id)
+        if operation == "done":
+            # Gone only once done() ran; otherwise back in new/ for another try.
+            assert states in ([], ["new"])
+        else:
+            assert len(states) == 1, f"step {step}: {states}"
+        if output is not None:  # the operation completed: its result must be what is on disk
+            expected = {"defer": ["deferred"], "fail": ["failed"], "done": [], "requeue": ["new"]}
+            assert states == expected[operation]
+            assert step > 3  # it did run through several file-system steps
+            break
+        step += 1
+
+
+def test_a_crash_at_any_step_of_enqueue_leaves_all_or_nothing(tmp_path: Path) -> None:
+    step = 1
+    while True:
+        spool_dir = tmp_path / f"step{step}"
+        Spool(spool_dir)
+
+        output = run_child(spool_dir, "enqueue", step)
+        spool = Spool(spool_dir)
+        spool.recover()
+
+        assert_consistent(spool)
+        entries = spool.list("new")
+        assert len(entries) <= 1
+        if output is not None:
+            # enqueue returned: the message must be there, whole.
+            assert [e.id for e in entries] == [output.strip()]
+            assert entries[0].meta == {"k": "v"}
+            break
+        step += 1
+
+
+@pytest.mark.parametrize("operation", ["enqueue", "defer"])
+def test_a_crash_in_the_middle_of_writing_a_file_leaves_no_partial_entry(
+    tmp_path: Path, operation: str
+) -> None:
+    file_size = len(MESSAGE) + 300  # about the header too
+    crashes = 0
+    for limit in [*range(1, file_size, 61), 1 << 20]:
+        spool_dir = tmp_path / f"limit{limit}"
+        entry_id = prepare(spool_dir, "new") if operation == "defer" else "-"
+
+        output = run_child(spool_dir, operation, 0, entry_id, file_size_limit=limit)
+        spool = Spool(spool_dir)
+        spool.recover()
+
+        assert_consistent(spool)
+        if operation == "enqueue":
+            assert len(spool.list("new")) == (0 if output is None else 1)
+        else:
+            assert len(where(spool_dir, entry_id)) == 1
+        crashes += output is None
+    assert output is not None  # with room enough (1 MiB) the operation completes
+    assert crashes > 10  # and it was killed mid-file at many offsets before
+
+
+def test_a_crash_while_splitting_loses_no_recipient(tmp_path: Path) -> None:
+    step = 1
+    while True:
+        spool_dir = tmp_path / f"step{step}"
+        entry_id = prepare(spool_dir, "new", ("x@example.com", "y@example.com"))
+
+        output = run_child(spool_dir, "split", step, entry_id)
+        spool = Spool(spool_dir)
+        spool.recover()
+
+        assert_consistent(spool)
+        assert len(where(spool_dir, entry_id)) == 1
+        still_to_handle = {r for e in all_entries(spool) for r in e.rcpt_to}
+        assert still_to_handle == {"x@example.com", "y@example.com"}
+        if output is not None:
+            [failed] = spool.list("failed")
+            assert failed.rcpt_to == ("y@example.com",)
+            [deferred] = spool.list("deferred")
+            assert (deferred.id, deferred.rcpt_to) == (entry_id, ("x@example.com",))
+            break
+        step += 1
+
+
+def test_a_crash_during_recover_is_repaired_by_the_next_recover(tmp_path: Path) -> None:
+    step = 1
+    while True:
+        spool_dir = tmp_path / f"step{step}"
+        ids = {prepare(spool_dir, state) for state in ("new", "deferred", "failed")}
+        spool = Spool(spool_dir)
+        spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {})
+        [in_flight] = spool.claim_due(datetime.now(UTC) + timedelta(days=1), 1)
+        ids.add(in_flight.id)
+        (spool_dir / "tmp" / "leftover").write_bytes(b"half a mess")
+        damaged = "20200101T000000.000000Z-00000000000000aa"
+        (spool_dir / "new" / damaged).write_bytes(b'{"v": 1, "id": "trunc')
+
+        output = run_child(spool_dir, "recover", step)
+        spool.recover()
+
+        assert os.listdir(spool_dir / "tmp") == []
+        assert spool.list("active") == []
+        for entry_id in ids:
+            assert len(where(spool_dir, entry_id)) == 1
+        assert where(spool_dir, damaged) == ["failed"]
+        [set_aside] = [e for e in spool.list("failed") if e.id == damaged]
+        assert spool.read(set_aside) == b'{"v": 1, "id": "trunc'
+        if output is not None:
+            break
+        step += 1
+
+
+def test_recover_returns_interrupted_deliveries_to_new(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for _ in range(3):
+        spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {})
+    claimed = spool.claim_due(datetime.now(UTC), 2)
+
+    assert spool.recover() == 2
+
+    assert spool.list("active") == []
+    assert {e.id for e in spool.list("new")} >= {e.id for e in claimed}
+    assert len(spool.list("new")) == 3
+    assert spool.recover() == 0  # idempotent
+
+
+def test_recover_deletes_stray_tmp_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    (tmp_path / "tmp" / "20260101T000000.000000Z-1234567890abcdef.1234").write_bytes(b'{"v":1')
+    (tmp_path / "tmp" / "other").write_bytes(b"")
+
+    spool.recover()
+
+    assert os.listdir(tmp_path / "tmp") == []
+    assert all_entries(spool) == []
+
+
+DAMAGE = {
+    "garbage": b"\x00\xffnot json at all\n",
+    "empty": b"",
+    "no newline": b'{"v": 1}',
+    "json list": b"[1, 2]\n",
+    "deep nesting": b"[" * 200_000 + b"\n",
+    "huge header line": b"a" * (2 << 20),
+    "wrong version": b'{"v": 99}\n',
+}
+
+
+def valid_header(entry_id: str, **changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "v": 1,
+        "id": entry_id,
+        "mail_from": "a@example.com",
+        "rcpt_to": ["b@example.com"],
+        "received_at": "2026-01-01T00:00:00+00:00",
+        "attempts": 0,
+        "next_attempt": "2026-01-01T00:00:00+00:00",
+        "last_error": "",
+        "meta": {},
+        "size": 4,
+    }
+    fields.update(changes)
+    return json.dumps(fields).encode() + b"\n"
+
+
+HEADER_DAMAGE: dict[str, dict[str, object]] = {
+    "size bigger than the message": {"size": 400},
+    "id of another file": {"id": "20260101T000000.000000Z-ffffffffffffffff"},
+    "naive timestamp": {"received_at": "2026-01-01T00:00:00"},
+    "bad timestamp": {"next_attempt": "tomorrow"},
+    "recipient not a string": {"rcpt_to": [1]},
+    "meta value not a string": {"meta": {"k": 1}},
+    "boolean attempts": {"attempts": True},
+    "negative size": {"size": -1},
+}
+
+
+@pytest.mark.parametrize("state", ["new", "active", "deferred", "failed"])
+def test_recover_sets_damaged_files_aside_and_keeps_the_good_ones(
+    tmp_path: Path, state: str
+) -> None:
+    spool = Spool(tmp_path)
+    good = spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {})
+    damaged: dict[str, bytes] = {}
+    for n, raw in enumerate(DAMAGE.values()):
+        damaged[f"20200101T000000.000000Z-{n:016x}"] = raw
+    for n, changes in enumerate(HEADER_DAMAGE.values(), start=100):
+        entry_id = f"20200101T000000.000000Z-{n:016x}"
+        damaged[entry_id] = valid_header(entry_id, **changes) + b"body"
+    damaged["not-a-spool-id.eml"] = valid_header("x") + b"body"
+    for name, raw in damaged.items():
+        (tmp_path / state / name).write_bytes(raw)
+
+    spool.recover()
+
+    assert [e.id for e in spool.list("new")] == [good.id]
+    assert spool.read(good) == MESSAGE
+    failed = spool.list("failed")
+    assert len(failed) == len(damaged)
+    for entry in failed:
+        assert entry.last_error.startswith("corrupt spool file")
+        assert entry.rcpt_to == ()
+        source = entry.meta["corrupt_source"]
+        assert spool.read(entry) == damaged[source.split("/", 1)[1]]  # raw bytes kept
+    assert {e.id for e in failed} >= {n for n in damaged if ID_PATTERN.match(n)}
+    # A set-aside file has no recipient, so it cannot be requeued blindly.
+    assert spool.requeue_failed(failed[0].id) is False
+    assert spool.recover() == 0
+    assert len(spool.list("failed")) == len(damaged)
+
+
+def test_recover_does_not_follow_symlinks(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not mail")
+    link = tmp_path / "spool" / "new" / "20200101T000000.000000Z-0000000000000001"
+    link.symlink_to(outside)
+
+    spool.recover()
+
+    assert outside.read_bytes() == b"not mail"
+    assert spool.list("new") == []
+
+
+def test_a_damaged_deferred_file_is_set_aside_when_claimed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    entry_id = "20200101T000000.000000Z-00000000000000bb"
+    (tmp_path / "deferred" / entry_id).write_bytes(valid_header(entry_id, size=99) + b"body")
+
+    assert spool.claim_due(datetime.now(UTC), 10) == []
+
+    [failed] = spool.list("failed")
+    assert failed.id == entry_id
+    assert "corrupt" in failed.last_error
