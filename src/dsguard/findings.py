@@ -23,7 +23,8 @@ FAMILIES: dict[str, str] = {
     "AUTH": "What the receiving organisation's authentication checks said",
     "HDR": 'Header ambiguity and header forgery ("Composition Kills" shapes)',
     "HOP": "The connection at the trusted receiving hop",
-    "LURE": "Lure themes in subject, body and attachment names",
+    "LURE": "Lure themes in subject, body and attachment names of anonymous mail that presents "
+    "itself as the organisation's (own domain in the envelope, a sender field or the display name)",
     "IOC": "Indicators of compromise and risky link targets",
     "ATT": "Attachments (QR codes in PDFs and images, HTML)",
     "LIMIT": "Hard limits on hostile input",

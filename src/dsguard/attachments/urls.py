@@ -27,6 +27,7 @@ from __future__ import annotations
 import html
 import ipaddress
 import re
+from functools import lru_cache
 from html.parser import HTMLParser
 from typing import NamedTuple
 from urllib.parse import unquote
@@ -98,6 +99,7 @@ def url_host(url: str) -> str | None:
     return parts.host if parts is not None else None
 
 
+@lru_cache(maxsize=65536)
 def url_parts(url: str) -> UrlParts | None:
     """Split a URL with an authority (``scheme://host...``); None when it has none or the host
     or port is invalid."""
@@ -126,6 +128,7 @@ def url_parts(url: str) -> UrlParts | None:
     return UrlParts(scheme, host, port, path, query, fragment)
 
 
+@lru_cache(maxsize=65536)
 def canonical_host(host: str) -> str | None:
     """A host as browsers resolve it: %-decoded, lower-case, punycode, no trailing dot,
     numeric IPv4 forms as dotted quads, IPv6 compressed without brackets. None when it is not
@@ -154,6 +157,7 @@ def canonical_host(host: str) -> str | None:
     return host
 
 
+@lru_cache(maxsize=65536)
 def is_ip_literal_host(host: str) -> bool:
     """True for IPv4/IPv6 literals, bracketed IPv6 and browser-accepted numeric IPv4 forms."""
     candidate = host.strip().lower().rstrip(".")

@@ -129,6 +129,20 @@ class Facts:
         return tuple(d for d in self.own_claims if not self.auth.proof_for(d))
 
     @cached_property
+    def poses_as_organisation(self) -> bool:
+        """Anonymous mail that shows the organisation's domain: in the envelope, in a From /
+        Sender / Resent-From address, or as an address in the From display name."""
+        if not self.anonymous:
+            return False
+        if self.p1_accepted or self.own_claims:
+            return True
+        return any(
+            self.accepted.matches(domain_of(a))
+            for fld in self.message.from_fields
+            for a in fld.display_name_addresses
+        )
+
+    @cached_property
     def direct_send(self) -> bool:
         """Microsoft's definition: anonymous, no connector, accepted-domain P1."""
         return self.anonymous and self.p1_accepted

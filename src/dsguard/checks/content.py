@@ -15,19 +15,25 @@ from dsguard.attachments.urls import is_ip_literal_host, url_host
 from dsguard.checks.base import Facts, Hit
 
 _TAG = re.compile(r"<[^>]{0,2000}>")
-_LURE_TEXT_CHARS = 64 * 1024
+_LURE_TEXT_CHARS = 32 * 1024
 _HTML_ATTACHMENT = re.compile(r"\.(?:html?|shtml|xhtml|svg|mht|mhtml|hta)$", re.IGNORECASE)
 
 
 def compile_lures(patterns: Mapping[str, tuple[str, ...]]) -> dict[str, re.Pattern[str]]:
+    # Matched against lower-cased text: case-insensitive matching of large alternations is
+    # several times slower in Python's re.
     return {
-        finding_id: re.compile("|".join(f"(?:{p})" for p in regexes), re.IGNORECASE)
+        finding_id: re.compile("|".join(f"(?:{p.lower()})" for p in regexes))
         for finding_id, regexes in patterns.items()
         if regexes
     }
 
 
 def check_lures(f: Facts, lures: Mapping[str, re.Pattern[str]]) -> Iterator[Hit]:
+    """Lure wording matters where it is the campaign's: anonymous mail that presents itself as
+    the organisation's. Internal newsletters about payroll or invoices are not lures."""
+    if not f.poses_as_organisation:
+        return
     body = f.message.body
     places = [("subject", f.message.subject or "")]
     places += [("attachment name", a.filename) for a in body.attachments if a.filename]
@@ -35,15 +41,14 @@ def check_lures(f: Facts, lures: Mapping[str, re.Pattern[str]]) -> Iterator[Hit]
     places += [
         ("body", _TAG.sub(" ", h[: _LURE_TEXT_CHARS * 4])[:_LURE_TEXT_CHARS]) for h in body.htmls
     ]
+    lowered = [(where, text, text.lower()) for where, text in places]
     for finding_id, regex in lures.items():
-        for where, text in places:
-            m = regex.search(text)
+        for where, text, low in lowered:
+            m = regex.search(low)
             if m:
-                yield Hit(
-                    finding_id,
-                    f"lure wording in the {where}: {m.group(0)!r}",
-                    f"{where}: {text[max(0, m.start() - 30) : m.end() + 30].strip()}",
-                )
+                shown = text[m.start() : m.end()]
+                context = text[max(0, m.start() - 30) : m.end() + 30].strip()
+                yield Hit(finding_id, f"lure wording in the {where}: {shown!r}", f"{where}: {context}")
                 break
 
 
