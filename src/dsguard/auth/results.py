@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 _MAX_CHARS = 8192
 _MAX_RESULTS = 64
+_MAX_DEPTH = 8
 _METHOD = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)(?:/\d+)?\s*=\s*([A-Za-z][A-Za-z0-9_-]*)")
 _PROP = re.compile(
     r"([A-Za-z][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)?)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s;]+)"
@@ -74,33 +75,31 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
+_INNER_COMMENT = re.compile(r"\(([^()]*)\)")
+
+
 def _strip_comments(text: str) -> tuple[str, str]:
-    out: list[str] = []
+    """Remove RFC 5322 comments (nesting allowed, innermost first); return text and comments."""
+    if "(" not in text:
+        return text, ""
     comments: list[str] = []
-    depth = 0
-    cur: list[str] = []
-    for ch in text:
-        if ch == "(":
-            if depth:
-                cur.append(ch)
-            depth += 1
-        elif ch == ")" and depth:
-            depth -= 1
-            if depth:
-                cur.append(ch)
-            else:
-                comments.append("".join(cur))
-                cur = []
-        elif depth:
-            cur.append(ch)
-        else:
-            out.append(ch)
-    return "".join(out), " ".join(c.strip() for c in comments)
+
+    def keep(m: re.Match[str]) -> str:
+        comments.append(m.group(1).strip())
+        return " "
+
+    for _ in range(_MAX_DEPTH):
+        stripped = _INNER_COMMENT.sub(keep, text)
+        if stripped == text:
+            break
+        text = stripped
+    return text, " ".join(comments)
 
 
 def parse_authentication_results(value: str, index: int = 0) -> AuthResultsHeader:
     text = value[:_MAX_CHARS]
-    segments = _split_top(text, ";")
+    # Fast path: without quoted strings or comments a plain split is the same split.
+    segments = text.split(";") if '"' not in text and "(" not in text else _split_top(text, ";")
     authserv_id: str | None = None
     first, _ = _strip_comments(segments[0])
     if not _METHOD.match(first.strip()):

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 from dsguard.attachments.urls import canonical_host
 
+_CACHE_SIZE = 65536
+
 
 class SuffixSet:
     """Host suffixes, normalised like hosts (lower-case, punycode, no leading ``*.``/``.`` or
@@ -28,11 +30,22 @@ class SuffixSet:
             if suffix:
                 self._suffixes.add(suffix)
         self._longest = max((len(suffix) for suffix in self._suffixes), default=0)
+        # Hosts repeat across a mailbox (tracking domains, CDNs): remember recent answers.
+        self._cache: dict[str, str | None] = {}
 
     def match(self, host: str) -> str | None:
         """The listed suffix that ``host`` equals or ends with at a label boundary, or None."""
         if not self._suffixes:
             return None
+        if host in self._cache:
+            return self._cache[host]
+        found = self._match(host)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[host] = found
+        return found
+
+    def _match(self, host: str) -> str | None:
         canonical = canonical_host(host)
         if canonical is None:
             return None

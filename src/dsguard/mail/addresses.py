@@ -76,7 +76,24 @@ def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(i for i in items if i))
 
 
+# The common, unambiguous shapes: `Name <a@b>`, `"Name" <a@b>`, `a@b`. No encoded words,
+# comments, escapes, extra '@' or list separators: every reading of these agrees.
+_SIMPLE = re.compile(
+    r'\s*(?:"([^"\\@]*)"|([^<>"@,;:\\()=]*?))\s*<([^<>@\s"(),;:\\]{1,128}@[A-Za-z0-9.-]{1,253})>\s*'
+    r'|\s*([^<>@\s"(),;:\\]{1,128}@[A-Za-z0-9.-]{1,253})\s*'
+)
+
+
 def parse_address_field(raw: str) -> AddressField:
+    simple = _SIMPLE.fullmatch(raw) if len(raw) < 600 else None
+    if simple is not None:
+        display = (
+            simple.group(1) if simple.group(1) is not None else simple.group(2) or ""
+        ).strip()
+        addr = simple.group(3) or simple.group(4)
+        domain = domain_of(addr)
+        if domain and "." in domain and not domain.startswith(".") and ".." not in domain:
+            return AddressField(raw, (Mailbox(display, addr, domain),), (domain,), (), ())
     value = raw[:MAX_FIELD_CHARS]
     oddities: list[str] = []
     if len(raw) > MAX_FIELD_CHARS:

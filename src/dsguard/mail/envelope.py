@@ -25,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dsguard.auth.results import AuthResultsHeader, parse_authentication_results, parse_received_spf
@@ -117,7 +118,31 @@ def _matches_any(host: str | None, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(h, p.lower()) for p in patterns)
 
 
-def _exo_boundary(hops: list[ReceivedHop]) -> tuple[ReceivedHop | None, bool]:
+class _LazyHops:
+    """Received lines parsed top-down on demand: every walk below stops at the boundary, and
+    most messages carry more trace lines below it than above."""
+
+    def __init__(self, msg: ParsedMessage) -> None:
+        self._raw = [(i, h.value) for i, h in enumerate(msg.headers) if h.key == "received"][
+            :MAX_HOPS
+        ]
+        self._parsed: list[ReceivedHop] = []
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __iter__(self) -> Iterator[ReceivedHop]:
+        for k in range(len(self._raw)):
+            if k == len(self._parsed):
+                index, value = self._raw[k]
+                self._parsed.append(parse_received(value, index))
+            yield self._parsed[k]
+
+    def parsed(self) -> tuple[ReceivedHop, ...]:
+        return tuple(self._parsed)
+
+
+def _exo_boundary(hops: _LazyHops) -> tuple[ReceivedHop | None, bool]:
     """(frontend hop, False) when the message entered Exchange Online through the tenant's
     inbound frontend with only Exchange hosts above it; (None, True) when every hop is inside
     Exchange (mail sent within the tenant); (None, False) otherwise."""
@@ -132,14 +157,13 @@ def _exo_boundary(hops: list[ReceivedHop]) -> tuple[ReceivedHop | None, bool]:
 
 
 def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
-    received_headers = [(i, h) for i, h in enumerate(msg.headers) if h.key == "received"]
-    hops = [parse_received(h.value, i) for i, h in received_headers[:MAX_HOPS]]
+    hops = _LazyHops(msg)
     is_internal = _Internal(trust)
     notes: list[str] = []
 
     boundary: ReceivedHop | None = None
     profile = "none"
-    if trust.microsoft365 and hops:
+    if trust.microsoft365 and len(hops):
         frontend, all_internal = _exo_boundary(hops)
         if frontend is not None:
             boundary, profile = frontend, "microsoft365"
@@ -203,7 +227,9 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
         if h.key != "authentication-results":
             continue
         ar = parse_authentication_results(h.value, i)
-        if (i < boundary_index and is_ours(ar)) or (below_ok and boundary_index < i < zone_end and is_ours(ar)):
+        if (i < boundary_index and is_ours(ar)) or (
+            below_ok and boundary_index < i < zone_end and is_ours(ar)
+        ):
             trusted.append(ar)
             below_ok = False
         else:
@@ -226,7 +252,7 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
     return HopAnalysis(
         envelope=envelope,
         profile=profile,
-        hops=tuple(hops),
+        hops=hops.parsed(),
         boundary=boundary,
         trusted_results=tuple(trusted),
         untrusted_results=tuple(untrusted),

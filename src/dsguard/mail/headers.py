@@ -16,11 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# RFC 5322 section 2.2: field-name = 1*ftext, printable US-ASCII except ":".
-_FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)([ \t]*):")
-# A continuation line that itself looks like a field (" From: x"): a hidden header.
-_HIDDEN_FIELD = re.compile(r"^[ \t]+([\x21-\x39\x3b-\x7e]+)[ \t]*:")
-
 
 @dataclass(frozen=True, slots=True)
 class Header:
@@ -47,16 +42,22 @@ def _decode(raw: bytes) -> str:
 
 def split_headers(raw: bytes, *, max_headers: int, max_header_bytes: int) -> HeaderBlock:
     """Return the header fields of ``raw`` in order (topmost first)."""
-    # Find the end of the header section: the first empty line (CRLF CRLF or LF LF).
+    # Find the end of the header section: the first empty line (CRLF CRLF or LF LF). Searches
+    # are bounded by the limit and by each other, so a large body is never scanned.
+    limit = max_header_bytes + 4
     end = -1
     sep_len = 0
-    window = raw[: max_header_bytes + 4]
-    for sep in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
-        pos = window.find(sep)
-        if pos != -1 and (end == -1 or pos < end):
-            end, sep_len = pos, len(sep)
-    if window.startswith((b"\r\n", b"\n")):
-        end, sep_len = 0, (2 if window.startswith(b"\r\n") else 1)
+    if raw.startswith(b"\r\n"):
+        end, sep_len = 0, 2
+    elif raw.startswith(b"\n"):
+        end, sep_len = 0, 1
+    else:
+        crlf = raw.find(b"\n\r\n", 0, limit)
+        lf = raw.find(b"\n\n", 0, crlf if crlf != -1 else limit)
+        if lf != -1:
+            end, sep_len = lf, 2
+        elif crlf != -1:
+            end, sep_len = crlf, 3
     limit_hit = ""
     if end == -1:
         has_sep = False
@@ -74,74 +75,86 @@ def split_headers(raw: bytes, *, max_headers: int, max_header_bytes: int) -> Hea
             section = raw[:max_header_bytes]
             limit_hit = "max_header_bytes"
 
+    text = _decode(section)
     headers: list[Header] = []
     defects: list[str] = []
-    name_b: bytes | None = None
-    parts: list[bytes] = []
-    malformed = ""
-    awaiting_colon = False  # a bare field name on its own line, colon expected on the next
-
-    def flush() -> None:
-        nonlocal name_b, parts, malformed, awaiting_colon
-        if name_b is not None:
-            value = _decode(b"".join(parts)).strip(" \t")
-            name = _decode(name_b)
-            headers.append(Header(name, name.lower(), value, malformed))
-        name_b, parts, malformed, awaiting_colon = None, [], "", False
-
-    for line in section.split(b"\n"):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
+    # One logical field per chunk: a line break not followed by whitespace ends a field
+    # (RFC 5322 section 2.2.3 folding).
+    for chunk in _FIELD_BREAK.split(text):
+        if not chunk or chunk in ("\r", "\n"):
             continue
-        if line[:1] in (b" ", b"\t"):
-            stripped = line.lstrip(b" \t")
-            if awaiting_colon and stripped.startswith(b":"):
-                # "From\r\n : value" -- the name folded away from its colon (espoofer A11).
-                parts = [stripped[1:]]
-                awaiting_colon = False
-                continue
-            if name_b is None:
-                # Whitespace before the first field: a header a lenient parser would read
-                # and a strict one would drop (espoofer A9).
-                m = _FIELD_NAME.match(stripped)
-                if m:
-                    name_b, parts = m.group(1), [stripped[m.end() :]]
-                    malformed = "leading whitespace before the field name"
-                else:
-                    defects.append("continuation line with no field before it")
-                continue
-            hidden = _HIDDEN_FIELD.match(_decode(line[:200]))
-            if hidden and hidden.group(1).lower() in _WATCHED_HIDDEN and not malformed:
-                malformed = f"a continuation line hides a {hidden.group(1)!r} field"
-            parts.append(line)
-            continue
-        flush()
         if len(headers) >= max_headers:
             limit_hit = limit_hit or "max_headers"
             break
-        m = _FIELD_NAME.match(line)
+        m = _SIMPLE_FIELD.match(chunk)
         if m is not None:
-            name_b, parts = m.group(1), [line[m.end() :]]
-            if m.group(2):
-                malformed = "whitespace between the field name and the colon"
+            # The common case: name, colon, value on one line.
+            value = m.group(2).strip(" \t\r")
+            headers.append(Header(m.group(1), m.group(1).lower(), value))
             continue
-        if _BARE_NAME.match(line):
-            name_b, parts, awaiting_colon = line, [], True
-            malformed = "field name folded away from its colon"
-            continue
-        text = _decode(line[:200])
-        colon = text.find(":")
-        if 0 < colon <= 80:
-            name_b, parts = line[:colon].rstrip(b" \t"), [line[colon + 1 :]]
-            malformed = "invalid characters in the field name"
-        else:
-            defects.append(f"line without a field name: {text[:60]!r}")
-    flush()
+        header = _odd_field(chunk, first=not headers)
+        if isinstance(header, Header):
+            headers.append(header)
+        elif header:
+            defects.append(header)
     return HeaderBlock(tuple(headers), body_offset, has_sep, limit_hit, tuple(defects))
 
 
-_BARE_NAME = re.compile(rb"^[A-Za-z][A-Za-z0-9-]{0,76}$")
+_FIELD_BREAK = re.compile(r"\n(?![ \t])")
+# RFC 5322 section 2.2: field-name = 1*ftext, printable US-ASCII except ":".
+_SIMPLE_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):([^\n]*)\Z")
+_NAME_COLON = re.compile(r"([\x21-\x39\x3b-\x7e]+)([ \t]*):")
+_UNFOLD = re.compile(r"\r?\n")
+# A hidden field needs what a real one has after the colon (space, "<" or a quote); folded tag
+# lists such as DKIM's "h=\r\n From:To:Subject" do not match.
+_HIDDEN_LINE = re.compile(r"\n[ \t]+([\x21-\x39\x3b-\x7e]+)[ \t]*:[ \t<\"]")
+
+
+def _odd_field(chunk: str, *, first: bool) -> Header | str:
+    """A field that is folded or malformed; a defect description when it is no field at all."""
+    malformed = ""
+    hidden = _HIDDEN_LINE.search(chunk)
+    if (
+        hidden
+        and hidden.group(1).lower() in _WATCHED_HIDDEN
+        and "signature" not in chunk[:40].lower()
+    ):
+        malformed = f"a continuation line hides a {hidden.group(1)!r} field"
+    flat = _UNFOLD.sub("", chunk)
+    if flat[:1] in (" ", "\t"):
+        stripped = flat.lstrip(" \t")
+        m = _NAME_COLON.match(stripped)
+        if not (first and m):
+            return "continuation line with no field before it"
+        # Whitespace before the first field: a header a lenient parser would read and a strict
+        # one would drop (espoofer A9).
+        name = m.group(1)
+        return Header(
+            name,
+            name.lower(),
+            stripped[m.end() :].strip(" \t\r"),
+            "leading whitespace before the field name",
+        )
+    m = _NAME_COLON.match(flat)
+    if m is not None:
+        name = m.group(1)
+        line_one = chunk.split("\n", 1)[0]
+        if ":" not in line_one:
+            # "From\r\n : value" -- the name folded away from its colon (espoofer A11).
+            malformed = "field name folded away from its colon"
+        elif m.group(2):
+            malformed = "whitespace between the field name and the colon"
+        return Header(name, name.lower(), flat[m.end() :].strip(" \t\r"), malformed)
+    colon = flat.find(":")
+    if 0 < colon <= 80:
+        name = flat[:colon].rstrip(" \t")
+        return Header(
+            name,
+            name.lower(),
+            flat[colon + 1 :].strip(" \t\r"),
+            "invalid characters in the field name",
+        )
+    return f"line without a field name: {flat[:60]!r}"
 
 
 # Continuation lines that look like these fields are reported: they hide an identity header

@@ -12,8 +12,10 @@ MIME depth and part count, decoded text bytes, attachment bytes. Hitting a cap i
 
 from __future__ import annotations
 
+import binascii
 import email.parser
 import email.policy
+import re
 from dataclasses import dataclass, field
 from email.message import Message
 from functools import cached_property
@@ -23,6 +25,7 @@ from dsguard.mail.addresses import AddressField, decode_words, parse_address_fie
 from dsguard.mail.headers import Header, split_headers
 
 _ATTACHMENT_TYPES_TEXT = ("text/plain", "text/html")
+_CHARSET = re.compile(r"charset\s*=\s*(\"[^\"]{1,40}\"|[^\s;]{1,40})", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,8 @@ class ParsedMessage:
         body = Body()
         if not self.has_body:
             return body
+        if self._single_text_part(body):
+            return body
         try:
             _collect(self._mime_root(), body, self.limits)
         except RecursionError:
@@ -121,6 +126,40 @@ class ParsedMessage:
         except Exception as exc:
             body.defects.append(f"MIME parse failed: {type(exc).__name__}")
         return body
+
+    def _single_text_part(self, body: Body) -> bool:
+        """Decode a non-multipart text/plain or text/html body without the MIME parser (most
+        mail); False when the structure needs the parser."""
+        ctype_raw = self.first("content-type") or "text/plain"
+        main, _, params = ctype_raw.partition(";")
+        ctype = main.strip().lower()
+        if ctype not in _ATTACHMENT_TYPES_TEXT or len(self.get_all("content-type")) > 1:
+            return False
+        if (
+            "name=" in params.lower()
+            or "attachment" in (self.first("content-disposition") or "").lower()
+        ):
+            return False
+        cte = (self.first("content-transfer-encoding") or "7bit").strip().lower()
+        data = self.raw[self.body_offset : self.body_offset + self.limits.max_text_bytes * 2]
+        try:
+            if cte == "base64":
+                data = binascii.a2b_base64(data)
+            elif cte == "quoted-printable":
+                data = binascii.a2b_qp(data)
+            elif cte not in ("7bit", "8bit", "binary"):
+                return False
+        except (binascii.Error, ValueError):
+            return False
+        data = data[: self.limits.max_text_bytes]
+        m = _CHARSET.search(params)
+        charset = m.group(1).strip('"').lower() if m else "utf-8"
+        try:
+            text = data.decode(charset, "replace")
+        except LookupError:
+            text = data.decode("utf-8", "replace")
+        (body.htmls if ctype == "text/html" else body.texts).append(text)
+        return True
 
     def _mime_root(self) -> Message:
         # Feed the parser only the MIME headers and the body: the header section was already

@@ -50,57 +50,45 @@ def _valid_ip(text: str) -> str | None:
         return None
 
 
+_TOKEN = re.compile(r"[()]|[^\s()]+")
+
+
 def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
     """Split into top-level words, each with the comments that follow it; and the date."""
     text = value[:_MAX_CHARS]
     date = None
-    # The date follows the last ';' outside comments.
-    depth = 0
-    semi = -1
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth = min(depth + 1, _MAX_DEPTH)
-        elif ch == ")":
-            depth = max(depth - 1, 0)
-        elif ch == ";" and depth == 0:
-            semi = i
-    if semi != -1:
+    # The date follows the last ";" outside comments: one inside a comment has more ")" than
+    # "(" after it.
+    semi = text.rfind(";")
+    if semi != -1 and text.count(")", semi) <= text.count("(", semi):
         date = text[semi + 1 :].strip() or None
         text = text[:semi]
     words: list[tuple[str, list[str]]] = []
     depth = 0
-    buf: list[str] = []
     comment: list[str] = []
-    for ch in text:
-        if ch == "(":
-            if depth == 0:
-                if buf:
-                    words.append(("".join(buf), []))
-                    buf = []
-            else:
-                comment.append(ch)
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "(":
+            if depth:
+                comment.append("(")
             depth = min(depth + 1, _MAX_DEPTH)
-        elif ch == ")" and depth > 0:
+        elif tok == ")":
+            if depth == 0:
+                continue
             depth -= 1
             if depth == 0:
                 if not words:
                     words.append(("", []))
-                words[-1][1].append("".join(comment))
+                words[-1][1].append(" ".join(comment).replace("( ", "(").replace(" )", ")"))
                 comment = []
             else:
-                comment.append(ch)
-        elif depth > 0:
-            comment.append(ch)
-        elif ch in " \t\r\n":
-            if buf:
-                words.append(("".join(buf), []))
-                buf = []
+                comment.append(")")
+        elif depth:
+            comment.append(tok)
         else:
-            buf.append(ch)
-    if buf:
-        words.append(("".join(buf), []))
+            words.append((tok, []))
     if comment and words:
-        words[-1][1].append("".join(comment))
+        words[-1][1].append(" ".join(comment))
     return words, date
 
 

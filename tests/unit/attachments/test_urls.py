@@ -260,3 +260,14 @@ def test_url_host_is_none_when_unparseable(url: str) -> None:
 )
 def test_is_ip_literal_host(host: str, expected: bool) -> None:
     assert is_ip_literal_host(host) is expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([
+    "http://", "https://", "ftp://", "HTTPS://", "www.", "WWW.", "x", "a.b", " ", "\n", "<", ">",
+    '"', "(", ")", ".", "@", "/", ":", "-", "_", "é", "\u201c", "example.com", "hxxp://", "xhttp://",
+]), max_size=40).map("".join))
+def test_fast_text_scan_finds_what_the_reference_pattern_finds(text: str) -> None:
+    from dsguard.attachments.urls import _URL_IN_TEXT, iter_text_urls
+
+    assert list(iter_text_urls(text)) == [m.group() for m in _URL_IN_TEXT.finditer(text)]

@@ -71,3 +71,11 @@ def test_random_bytes_never_raise(data: bytes) -> None:
     assert len(block.headers) <= 50
     for h in block.headers:
         assert "\x00" not in h.value
+
+
+def test_folded_dkim_tag_list_is_not_a_hidden_from() -> None:
+    raw = (b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=s1; h=\r\n"
+           b" From:To:Subject:Date; bh=abc; b=def\r\nFrom: a@example.org\r\n\r\nbody")
+    block = _split(raw)
+    assert block.headers[0].malformed == ""
+    assert block.headers[0].value.startswith("v=1;")
