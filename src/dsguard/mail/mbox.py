@@ -1,8 +1,8 @@
 """Split an mbox file into messages while streaming it (mboxo / mboxrd, LF or CRLF).
 
-The file is read in bounded chunks of one line at most; only the message being assembled is
-kept, and of it only the first ``max_message_bytes`` bytes. Memory therefore stays flat however
-large the mailbox is.
+The file is read in blocks of 256 KiB and searched for separators with C-level scans; only the
+message being assembled is kept, and of it only the first ``max_message_bytes`` bytes. Memory
+therefore stays flat however large the mailbox is.
 
 Separator rule (a deliberately simple reading of the mbox family, cf. RFC 4155 and the
 ``mboxrd`` convention): a line that starts with ``From `` (five bytes, case-sensitive) separates
@@ -14,16 +14,18 @@ it is ambiguous but harmless). Messages that hold only whitespace are skipped bu
 position, so indices match the message's place in the mailbox.
 
 SECURITY: an mbox is sender-controlled text. A hostile file can hold a multi-gigabyte "line"
-without a newline, a single huge message, or millions of tiny messages. Lines are read in chunks
-of at most ``LINE_CHUNK`` bytes, each message keeps at most ``max_message_bytes`` bytes (the rest
-is counted, not stored) and messages are yielded one by one, so memory is bounded by
-``max_message_bytes + LINE_CHUNK`` whatever the input. A body line ``From ...`` after an empty
+without a newline, a single huge message, or millions of tiny messages. At most a few read
+blocks are held at once (a line with no newline is passed on once it exceeds ``LINE_CHUNK``),
+each message keeps at most ``max_message_bytes`` bytes (the rest is counted, not stored) and
+messages are yielded one by one, so memory is bounded by ``max_message_bytes`` plus about
+1 MiB whatever the input. A body line ``From ...`` after an empty
 line (an unquoted mboxo body) starts a new message: that can split one message into two, never
 hide bytes from the scan.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -73,52 +75,139 @@ def _unquote_from(line: bytes) -> bytes:
     return line
 
 
+_BLOCK = 256 * 1024
+_SEPARATOR_LINE = re.compile(rb"^From ", re.MULTILINE)
+_QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
+
+
 def split_mbox(stream: BinaryIO, *, max_message_bytes: int) -> Iterator[MboxMessage]:
     """Yield the messages of the mbox read from ``stream`` (positioned at the first separator).
 
     Whitespace-only messages are not yielded but do consume an index. Text before the first
     separator, if not blank, is yielded as a message of its own at index 0. OSError from the
     stream propagates: the caller turns it into a load error.
+
+    The stream is read in blocks and searched for separators with ``bytes``/``re`` scans (a
+    Python step per line was the cost of reading a large mailbox); only complete lines are
+    examined, and a line longer than ``LINE_CHUNK`` with no newline yet is passed on in pieces.
     """
     position = 0  # the index the message being assembled will get
     current = _Accumulator(max_message_bytes)  # starts as the (normally empty) preamble
     in_preamble = True
-    at_line_start = True
-    in_separator_line = False  # dropping the rest of a separator line longer than LINE_CHUNK
     first_line = True
-    held_empty_line: bytes | None = None  # an empty line that may turn out to precede a separator
+    prev_empty = False  # the last complete line seen was empty
+    mid_line = False  # the unprocessed bytes continue a line already passed on
+    skip_separator_rest = False  # dropping the rest of an overlong separator line
+    held = b""  # an empty line that may turn out to precede a separator
+    buf = b""
 
-    while piece := stream.readline(LINE_CHUNK):
-        starts_line = at_line_start
-        at_line_start = piece.endswith(b"\n")
-        if not starts_line:
-            # The rest of a line longer than LINE_CHUNK: never a separator, never quoted.
-            if not in_separator_line:
-                current.add(piece)
-            continue
-        in_separator_line = False
+    def emit(content: bytes, at_line_start: bool) -> None:
+        nonlocal held
+        if held:
+            current.add(held)
+            held = b""
+        if b">" in content:
+            if at_line_start:
+                content = _QUOTED_FROM.sub(rb"\1", content)
+            else:
+                nl = content.find(b"\n")
+                if nl != -1:
+                    content = content[: nl + 1] + _QUOTED_FROM.sub(rb"\1", content[nl + 1 :])
+        current.add(content)
 
-        if piece.startswith(SEPARATOR_PREFIX) and (first_line or held_empty_line is not None):
-            done = _finish(current, position)
-            if done is not None:
-                yield done
-            if done is not None or not in_preamble:
-                position += 1
-            in_preamble = False
+    def separator() -> Iterator[MboxMessage]:
+        nonlocal current, position, in_preamble, held
+        held = b""
+        done = _finish(current, position)
+        if done is not None:
+            yield done
+        if done is not None or not in_preamble:
+            position += 1
+        in_preamble = False
+        current = _Accumulator(max_message_bytes)
+
+    eof = False
+    while not eof:
+        block = stream.read(_BLOCK)
+        eof = not block
+        buf += block
+        if skip_separator_rest:
+            nl = buf.find(b"\n")
+            if nl == -1:
+                buf = b""
+                continue
+            buf = buf[nl + 1 :]
+            skip_separator_rest = False
+            prev_empty = False
             first_line = False
-            held_empty_line = None
-            in_separator_line = not at_line_start
-            current = _Accumulator(max_message_bytes)
+        if mid_line:
+            # The rest of a line longer than LINE_CHUNK: never a separator, never quoted.
+            nl = buf.find(b"\n")
+            if nl == -1 and not eof:
+                emit(buf, False)
+                buf = b""
+                continue
+            cut = len(buf) if nl == -1 else nl + 1
+            emit(buf[:cut], False)
+            buf = buf[cut:]
+            mid_line = False
+            prev_empty = False
+            first_line = False
+        limit = len(buf) if eof else buf.rfind(b"\n") + 1
+        if limit == 0:
+            if len(buf) > LINE_CHUNK:
+                # A line with no newline yet, longer than a read chunk.
+                if buf.startswith(SEPARATOR_PREFIX) and (first_line or prev_empty):
+                    yield from separator()
+                    skip_separator_rest = True
+                else:
+                    emit(buf, True)
+                    mid_line = True
+                first_line = False
+                buf = b""
             continue
-
+        region, buf = buf[:limit], buf[limit:]
+        start = 0  # where the pending content of the current message begins in region
+        for m in _SEPARATOR_LINE.finditer(region):
+            p = m.start()
+            if p == 0:
+                is_sep = first_line or prev_empty
+                empty_len = 0
+            elif p >= 2 and region[p - 2 : p] == b"\n\n":
+                is_sep, empty_len = True, 1
+            elif p >= 3 and region[p - 3 : p] == b"\n\r\n":
+                is_sep, empty_len = True, 2
+            elif p == 1 and region[:1] == b"\n":
+                is_sep, empty_len = True, 1
+            elif p == 2 and region[:2] == b"\r\n":
+                is_sep, empty_len = True, 2
+            else:
+                is_sep = False
+            if not is_sep:
+                continue
+            if p - empty_len > start:
+                emit(region[start : p - empty_len], True)
+            yield from separator()
+            nl = region.find(b"\n", p)
+            start = len(region) if nl == -1 else nl + 1
+        if start < len(region):
+            rest = region[start:]
+            # Hold a final empty line: it may precede a separator in the next region.
+            if rest.endswith(b"\n\r\n") or rest == b"\r\n":
+                if len(rest) > 2:
+                    emit(rest[:-2], True)
+                held = b"\r\n"
+            elif rest.endswith(b"\n\n") or rest == b"\n":
+                if len(rest) > 1:
+                    emit(rest[:-1], True)
+                held = b"\n"
+            else:
+                emit(rest, True)
+        # State for the first line of the next region.
+        last_nl = region.rfind(b"\n", 0, len(region) - 1)
+        last_line = region[last_nl + 1 :]
+        prev_empty = last_line in _EMPTY_LINES
         first_line = False
-        if held_empty_line is not None:
-            current.add(held_empty_line)
-            held_empty_line = None
-        if piece in _EMPTY_LINES:
-            held_empty_line = piece
-            continue
-        current.add(_unquote_from(piece) if piece[:1] == b">" else piece)
 
     # An empty line just before end of file is the writer's trailing line: dropped as well.
     done = _finish(current, position)
