@@ -106,7 +106,7 @@ def split_mbox(stream: BinaryIO, *, max_message_bytes: int) -> Iterator[MboxMess
         if held:
             current.add(held)
             held = b""
-        if b">" in content:
+        if b">From " in content:
             if at_line_start:
                 content = _QUOTED_FROM.sub(rb"\1", content)
             else:
