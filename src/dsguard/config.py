@@ -207,6 +207,93 @@ class Lures(_Strict):
         return values
 
 
+def _check_hostport(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port for {what} (e.g. '0.0.0.0:25', '[::]:25')")
+    return value
+
+
+class GatewayLimits(_Strict):
+    """Hostile-client limits of the SMTP gateway."""
+
+    max_message_bytes: int = Field(default=35 * 1024 * 1024, gt=0)  # SIZE; 552 above
+    max_recipients: int = Field(default=100, gt=0)  # 452 4.5.3 above
+    idle_timeout: float = Field(default=300.0, gt=0)  # per command / data read
+    session_timeout: float = Field(default=1800.0, gt=0)  # whole session
+    max_sessions: int = Field(default=500, gt=0)
+    max_sessions_per_ip: int = Field(default=20, gt=0)
+    max_auth_failures: int = Field(default=5, gt=0)  # per client IP within the window
+    auth_failure_window: float = Field(default=600.0, gt=0)
+    max_commands: int = Field(default=1000, gt=0)  # per command per session (pipelining abuse)
+
+
+class Retry(_Strict):
+    first_delay: float = Field(default=60.0, gt=0)
+    factor: float = Field(default=2.0, ge=1.0)
+    max_delay: float = Field(default=3600.0, gt=0)
+    max_age: float = Field(default=5 * 86400.0, gt=0)
+
+
+class Gateway(_Strict):
+    """The SMTP gateway (``dsguard gateway``)."""
+
+    listen: str = "127.0.0.1:2525"
+    # STARTTLS + SMTP AUTH for the organisation's own users; "" disables it.
+    submission_listen: str = ""
+    hostname: str = "dsguard.localhost"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # CA bundle to verify client certificates against (certificate-matched connectors).
+    tls_client_ca: str | None = None
+    downstream: str = "smtp://127.0.0.1:10025"
+    spool_dir: str = "var/spool"
+    # Where live SPF/DKIM/DMARC lookups go: [] = off (no DNS at all), ["system"] = the host's
+    # resolver, or nameservers "ip[:port]".
+    dns_servers: tuple[str, ...] = ()
+    dns_timeout: float = Field(default=5.0, gt=0)
+    relay_concurrency: int = Field(default=4, gt=0)
+    header_prefix: str = "X-Dsguard"
+    limits: GatewayLimits = Field(default_factory=GatewayLimits)
+    retry: Retry = Field(default_factory=Retry)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_hostport(value, "listen")
+
+    @field_validator("submission_listen")
+    @classmethod
+    def _submission(cls, value: str) -> str:
+        return _check_hostport(value, "submission_listen") if value else value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        return _check_domain(value)
+
+    @field_validator("header_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"X-[A-Za-z0-9-]{1,40}", value):
+            raise ValueError(f"{value!r} is not an X- header name prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Gateway:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.submission_listen and not self.tls_cert:
+            raise ValueError("submission_listen needs tls_cert and tls_key (no AUTH before TLS)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
+
+
+class Storage(_Strict):
+    url: str = "sqlite:///var/dsguard.sqlite3"
+
+
 class Config(_Strict):
     organization: Organization = Field(default_factory=Organization)
     connectors: tuple[Connector, ...] = ()
@@ -216,6 +303,8 @@ class Config(_Strict):
     limits: Limits = Field(default_factory=Limits)
     intel: Intel = Field(default_factory=Intel)
     lures: Lures = Field(default_factory=Lures)
+    gateway: Gateway = Field(default_factory=Gateway)
+    storage: Storage = Field(default_factory=Storage)
     # Where the file came from (for messages); not a TOML key.
     source: str = Field(default="<defaults>", exclude=True)
 

@@ -7,7 +7,15 @@ import sys
 import typer
 
 from dsguard import __version__
-from dsguard.cli import findings_cmd, scan_cmd
+from dsguard.cli import (
+    events_cmd,
+    findings_cmd,
+    gateway_cmd,
+    quarantine_cmd,
+    scan_cmd,
+    spool_cmd,
+    user_cmd,
+)
 
 app = typer.Typer(
     name="dsguard",
@@ -19,6 +27,11 @@ app = typer.Typer(
 )
 app.command("scan")(scan_cmd.scan)
 app.command("findings")(findings_cmd.findings)
+app.command("gateway")(gateway_cmd.gateway)
+app.command("events")(events_cmd.events)
+app.add_typer(user_cmd.app, name="user")
+app.add_typer(quarantine_cmd.app, name="quarantine")
+app.add_typer(spool_cmd.app, name="spool")
 
 
 @app.command("version")

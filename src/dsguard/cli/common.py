@@ -1,0 +1,24 @@
+"""Helpers shared by the CLI commands: config loading with one-line errors, the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dsguard.cli.errors import fail_config
+from dsguard.config import Config, load_config
+from dsguard.errors import ConfigError
+from dsguard.store.db import Store, open_store
+
+
+def config_or_exit(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail_config(exc)
+
+
+def store_or_exit(cfg: Config) -> Store:
+    try:
+        return open_store(cfg.storage.url)
+    except ConfigError as exc:
+        fail_config(exc)

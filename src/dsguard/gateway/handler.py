@@ -1,0 +1,623 @@
+"""The gateway's SMTP decisions: an aiosmtpd handler over dsguard's policy and engine.
+
+Per transaction:
+
+- MAIL: an authenticated user may only use its own addresses (send-as).
+- RCPT: relay control first (anonymous and connector sessions deliver only to accepted
+  domains; routing tricks are refused), then the Reject Direct Send P1 rule, decided before any
+  data is read, with Microsoft's reply byte for byte. Microsoft decides after RCPT too: the
+  tenant is attributed by the recipient.
+- DATA: bare CR/LF (SMTP smuggling) refused; live SPF/DKIM/DMARC; the P2 rule on the header
+  From; content analysis by the engine; then per action: reject, quarantine (store), tag or
+  deliver. Accepted mail is written to the spool and fsync'd before the 250.
+
+In ``audit`` mode nothing is refused for Direct Send: the would-be refusal is recorded as an
+event and stamped into the message, so an admin sees what switching it on would break.
+
+SECURITY: this faces hostile clients on port 25. Internal faults never become a permanent
+5xx: ``handle_exception`` answers 451 (design contract), and every step that touches disk or
+the database is wrapped the same way. Incoming headers that claim to be ours (our
+authserv-id's Authentication-Results, any ``X-Dsguard-*``) are removed before ours are added
+(RFC 8601 section 5). Nothing secret (passwords, AUTH data) is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+
+from dsguard.auth.live import authenticate, authentication_results_header
+from dsguard.auth.resolver import Resolver
+from dsguard.auth.summary import AuthSummary
+from dsguard.config import Config
+from dsguard.engine import Engine
+from dsguard.gateway.relay import Relay
+from dsguard.gateway.spool import Spool
+from dsguard.intel.geo import country_of
+from dsguard.mail.addresses import domain_of
+from dsguard.mail.message import ParsedMessage
+from dsguard.model import (
+    Action,
+    Attribution,
+    AttributionKind,
+    Envelope,
+    EnvelopeOrigin,
+    RdsOutcome,
+    TlsInfo,
+    Verdict,
+)
+from dsguard.policy.attribution import attribute
+from dsguard.policy.rds import decide_p1
+from dsguard.policy.relay import check_recipient, check_send_as
+from dsguard.store import repository as repo
+from dsguard.store.db import Store
+
+log = logging.getLogger("dsguard.gateway")
+
+TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+BARE_NEWLINE = "550 5.5.2 Message rejected: bare <CR> or <LF> in message data (RFC 5321 2.3.8)"
+MALICIOUS_REJECT = "550 5.7.1 Message rejected as malicious by policy"
+NO_MAIL_FROM = "503 5.5.1 Error: need MAIL command"
+
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+
+
+@dataclass(slots=True)
+class Transaction:
+    """What one MAIL..DATA transaction has decided so far."""
+
+    attribution: Attribution | None = None
+    p1_outcome: str = "unknown"
+    p1_reason: str = ""
+    refused_recorded: bool = False
+    audit_notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the handler works with; replaced as a whole on reload (SIGHUP)."""
+
+    config: Config
+    engine: Engine
+    resolver: Resolver | None
+    spool: Spool
+    store: Store
+    relay: Relay | None = None
+
+
+def verified_peer_names(session: Session) -> tuple[str, ...]:
+    """DNS names (SAN dNSName, else CN) of a client certificate that verified against the
+    configured CA during STARTTLS; () when none was presented."""
+    extra = session.ssl
+    if not extra:
+        return ()
+    ssl_object = extra.get("ssl_object") if isinstance(extra, dict) else None
+    if ssl_object is None:
+        return ()
+    try:
+        cert = ssl_object.getpeercert()
+    except ValueError:
+        return ()
+    if not cert:
+        return ()
+    names = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    if not names:
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    names.append(value)
+    return tuple(n.lower() for n in names)
+
+
+def _tls_info(session: Session) -> TlsInfo | None:
+    extra = session.ssl
+    if not extra or not isinstance(extra, dict):
+        return None
+    ssl_object = extra.get("ssl_object")
+    version = ssl_object.version() if ssl_object is not None else None
+    cipher = extra.get("cipher")
+    return TlsInfo(
+        version=version,
+        cipher=cipher[0] if isinstance(cipher, tuple) and cipher else None,
+        verified_peer_names=verified_peer_names(session),
+    )
+
+
+def _auth_user(session: Session) -> str | None:
+    if not session.authenticated:
+        return None
+    data = session.auth_data
+    login = getattr(data, "login", None)
+    if isinstance(login, bytes):
+        return login.decode("utf-8", "replace")
+    return str(login) if login else None
+
+
+class GatewayHandler:
+    """aiosmtpd handler. One instance serves every session; ``runtime`` can be swapped."""
+
+    def __init__(self, runtime: Runtime, *, submission: bool = False) -> None:
+        self.runtime = runtime
+        self.submission = submission
+        self._transactions: dict[int, Transaction] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _txn(self, session: Session) -> Transaction:
+        return self._transactions.setdefault(id(session), Transaction())
+
+    def forget(self, session: Session) -> None:
+        self._transactions.pop(id(session), None)
+
+    def _envelope(self, session: Session, smtp_env: SmtpEnvelope) -> Envelope:
+        peer = session.peer
+        client_ip = peer[0] if isinstance(peer, tuple) else None
+        return Envelope(
+            origin=EnvelopeOrigin.SMTP,
+            client_ip=client_ip,
+            helo=session.host_name,
+            mail_from=smtp_env.mail_from,
+            rcpt_to=tuple(smtp_env.rcpt_tos),
+            tls=_tls_info(session),
+            auth_user=_auth_user(session),
+            receiver=self.runtime.config.gateway.hostname,
+            country=country_of(client_ip) if client_ip else None,
+        )
+
+    # -- SMTP hooks -----------------------------------------------------------------------------
+    async def handle_exception(self, error: Exception) -> str:
+        # Design contract: an internal fault is a temporary failure, never a permanent 5xx.
+        log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
+        return TEMPFAIL
+
+    async def handle_MAIL(  # noqa: N802 -- aiosmtpd hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        rt = self.runtime
+        txn = Transaction()
+        self._transactions[id(session)] = txn
+        env = self._envelope(session, envelope)
+        attribution = attribute(env, rt.config.connectors)
+        txn.attribution = attribution
+        if attribution.kind is AttributionKind.AUTHENTICATED:
+            user = attribution.name or ""
+            allowed = await asyncio.to_thread(_send_as, rt.store, user)
+            refusal = check_send_as(address, user, allowed)
+            if refusal:
+                self._log_decision(env, attribution, "refused", reason="send-as", mail_from=address)
+                return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(  # noqa: N802 -- aiosmtpd hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        rt = self.runtime
+        txn = self._txn(session)
+        if envelope.mail_from is None or txn.attribution is None:
+            return NO_MAIL_FROM
+        if len(envelope.rcpt_tos) >= rt.config.gateway.limits.max_recipients:
+            return TOO_MANY_RCPTS
+        refusal = check_recipient(address, txn.attribution, rt.engine.accepted)
+        if refusal:
+            self._log_decision(
+                self._envelope(session, envelope),
+                txn.attribution,
+                "refused",
+                reason="relay",
+                rcpt=address,
+            )
+            return refusal
+        mode = rt.config.organization.reject_direct_send
+        p1 = decide_p1(
+            mode, rt.engine.accepted, txn.attribution, domain_of(envelope.mail_from) or None
+        )
+        txn.p1_outcome = p1.outcome.value
+        txn.p1_reason = p1.reason
+        if p1.enforced:
+            if not txn.refused_recorded:
+                txn.refused_recorded = True
+                env = self._envelope(session, envelope)
+                env = Envelope(**{**_env_dict(env), "rcpt_to": (*env.rcpt_to, address)})
+                await self._record(
+                    env,
+                    txn.attribution,
+                    p1=p1.outcome.value,
+                    p2="unknown",
+                    decision="refused",
+                    verdict=None,
+                )
+                self._log_decision(env, txn.attribution, "refused", reason="P1 " + p1.reason)
+            return p1.reply
+        if p1.would_reject and mode == "audit":
+            note = f"would refuse (P1): {p1.reason}"
+            if note not in txn.audit_notes:
+                txn.audit_notes.append(note)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(  # noqa: N802 -- aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: SmtpEnvelope
+    ) -> str:
+        txn = self._txn(session)
+        if txn.attribution is None or not envelope.rcpt_tos:
+            return "503 5.5.1 Error: need RCPT command"
+        raw = envelope.original_content or b""
+        if isinstance(raw, str):  # decode_data=False keeps bytes; be defensive
+            raw = raw.encode("utf-8", "surrogateescape")
+        env = self._envelope(session, envelope)
+        if _BARE.search(raw):
+            await self._record(
+                env,
+                txn.attribution,
+                p1=txn.p1_outcome,
+                p2="unknown",
+                decision="refused",
+                verdict=None,
+            )
+            self._log_decision(env, txn.attribution, "refused", reason="bare newline")
+            return BARE_NEWLINE
+        try:
+            return await self._accept(session, env, txn, raw)
+        finally:
+            self.forget(session)
+
+    # -- the accept path -----------------------------------------------------------------------
+    async def _accept(self, session: Session, env: Envelope, txn: Transaction, raw: bytes) -> str:
+        rt = self.runtime
+        cfg = rt.config
+        assert txn.attribution is not None
+        cleaned = strip_our_headers(raw, cfg.gateway.hostname, cfg.gateway.header_prefix)
+        msg = ParsedMessage(cleaned, cfg.limits)
+        header_from = None
+        for fld in msg.from_fields:
+            if fld.first is not None:
+                header_from = fld.first
+                break
+        auth_summary, ar_value = await self._authenticate(
+            env, cleaned, header_from.domain if header_from else None
+        )
+        verdict: Verdict = await asyncio.to_thread(
+            rt.engine.evaluate, msg, env, auth_summary, accepted=rt.engine.accepted
+        )
+        p2 = verdict.rds[1] if len(verdict.rds) > 1 else None
+        mode = cfg.organization.reject_direct_send
+        if p2 is not None and p2.enforced:
+            await self._record(
+                env,
+                txn.attribution,
+                p1=txn.p1_outcome,
+                p2=p2.outcome.value,
+                decision="refused",
+                verdict=verdict,
+                msg=msg,
+            )
+            self._log_decision(
+                env, txn.attribution, "refused", reason="P2 " + p2.reason, verdict=verdict
+            )
+            return p2.reply
+        if p2 is not None and p2.would_reject and mode == "audit":
+            txn.audit_notes.append(f"would refuse (P2): {p2.reason}")
+
+        queue_id = secrets.token_hex(8)
+        stamped = self._stamp(cleaned, env, txn, verdict, ar_value, queue_id)
+        action = verdict.action
+        p2_value = p2.outcome.value if p2 else "unknown"
+        if action is Action.REJECT:
+            await self._record(
+                env,
+                txn.attribution,
+                p1=txn.p1_outcome,
+                p2=p2_value,
+                decision="refused",
+                verdict=verdict,
+                msg=msg,
+            )
+            self._log_decision(env, txn.attribution, "refused", reason="malicious", verdict=verdict)
+            return MALICIOUS_REJECT
+        if action is Action.QUARANTINE:
+            try:
+                qid = await asyncio.to_thread(
+                    repo.quarantine_message,
+                    rt.store,
+                    raw=stamped,
+                    mail_from=env.mail_from or "",
+                    rcpt_to=env.rcpt_to,
+                    client_ip=env.client_ip,
+                    helo=env.helo,
+                    country=None,
+                    header_from=header_from.addr if header_from else None,
+                    subject=(msg.subject or "")[:500] or None,
+                    message_id=msg.message_id,
+                    verdict=verdict.level.value,
+                    score=verdict.score,
+                    findings=verdict.findings,
+                    iocs=verdict.iocs,
+                    attribution=txn.attribution.label(),
+                    reason=f"verdict {verdict.level.value}",
+                )
+            except Exception as exc:
+                log.error("quarantine failed, answering 451: %s", exc)
+                return TEMPFAIL
+            await self._record(
+                env,
+                txn.attribution,
+                p1=txn.p1_outcome,
+                p2=p2_value,
+                decision="quarantined",
+                verdict=verdict,
+                msg=msg,
+                queue_id=qid,
+            )
+            self._log_decision(env, txn.attribution, "quarantined", verdict=verdict, queue_id=qid)
+            return f"250 2.0.0 OK: queued as {queue_id}"
+        meta = {
+            "client_ip": env.client_ip or "",
+            "verdict": verdict.level.value,
+            "score": str(verdict.score),
+            "queue_id": queue_id,
+        }
+        try:
+            entry = await asyncio.to_thread(
+                rt.spool.enqueue, stamped, env.mail_from or "", env.rcpt_to, meta
+            )
+        except OSError as exc:
+            log.error("spool write failed, answering 451: %s", exc)
+            return TEMPFAIL
+        if rt.relay is not None:
+            rt.relay.wake()
+        decision = (
+            "audited" if txn.audit_notes else ("tagged" if action is Action.TAG else "accepted")
+        )
+        await self._record(
+            env,
+            txn.attribution,
+            p1=txn.p1_outcome,
+            p2=p2_value,
+            decision=decision,
+            verdict=verdict,
+            msg=msg,
+            queue_id=entry.id,
+        )
+        self._log_decision(env, txn.attribution, decision, verdict=verdict, queue_id=entry.id)
+        return f"250 2.0.0 OK: queued as {queue_id}"
+
+    async def _authenticate(
+        self, env: Envelope, raw: bytes, from_domain: str | None
+    ) -> tuple[AuthSummary, str | None]:
+        rt = self.runtime
+        if rt.resolver is None:
+            return AuthSummary(source="none"), None
+        resolver = rt.resolver
+        hostname = rt.config.gateway.hostname
+
+        def run() -> tuple[AuthSummary, str]:
+            live = authenticate(
+                raw,
+                client_ip=env.client_ip or "",
+                helo=env.helo or "",
+                mail_from=env.mail_from or "",
+                header_from_domain=from_domain,
+                resolver=resolver,
+                authserv_id=hostname,
+            )
+            return live.summary, authentication_results_header(hostname, live)
+
+        return await asyncio.to_thread(run)
+
+    def _stamp(
+        self,
+        raw: bytes,
+        env: Envelope,
+        txn: Transaction,
+        verdict: Verdict,
+        ar_value: str | None,
+        queue_id: str,
+    ) -> bytes:
+        cfg = self.runtime.config.gateway
+        prefix = cfg.header_prefix
+        lines = [received_header(env, cfg.hostname, queue_id, self.submission)]
+        if ar_value:
+            lines.append(f"Authentication-Results: {ar_value}")
+        lines.append(
+            f"{prefix}-Verdict: {verdict.level.value}; score={verdict.score:g}; "
+            f"direct_send={'yes' if verdict.direct_send else 'no'}; "
+            f"attribution={_header_safe(verdict.attribution.label())}"
+        )
+        if verdict.findings:
+            lines.append(f"{prefix}-Findings: " + ", ".join(f.id for f in verdict.findings[:30]))
+        for note in txn.audit_notes:
+            lines.append(f"{prefix}-Audit: {_header_safe(note)[:300]}")
+        head = "".join(_fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
+        return head + raw
+
+    async def _record(
+        self,
+        env: Envelope,
+        attribution: Attribution,
+        *,
+        p1: str,
+        p2: str,
+        decision: str,
+        verdict: Verdict | None,
+        msg: ParsedMessage | None = None,
+        queue_id: str | None = None,
+    ) -> None:
+        rt = self.runtime
+        header_from = None
+        if msg is not None:
+            for fld in msg.from_fields:
+                if fld.first is not None:
+                    header_from = fld.first.addr
+                    break
+        try:
+            await asyncio.to_thread(
+                repo.record_event,
+                rt.store,
+                front_door="gateway",
+                client_ip=env.client_ip,
+                helo=(env.helo or "")[:255] or None,
+                country=env.country,
+                mail_from=env.mail_from,
+                rcpt_to=env.rcpt_to,
+                header_from=header_from,
+                attribution=attribution.label(),
+                p1=p1 if p1 in _P_VALUES else "unknown",
+                p2=p2 if p2 in _P_VALUES else "unknown",
+                mode=rt.config.organization.reject_direct_send,
+                decision=decision,
+                verdict=verdict.level.value if verdict else None,
+                score=verdict.score if verdict else None,
+                finding_ids=verdict.finding_ids() if verdict else (),
+                message_id=msg.message_id if msg else None,
+                subject=((msg.subject or "")[:500] or None) if msg else None,
+                queue_id=queue_id,
+            )
+        except Exception as exc:
+            log.error("could not record event: %s", exc)
+
+    def _log_decision(
+        self,
+        env: Envelope,
+        attribution: Attribution,
+        decision: str,
+        *,
+        reason: str = "",
+        verdict: Verdict | None = None,
+        queue_id: str | None = None,
+        mail_from: str | None = None,
+        rcpt: str | None = None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "event": "decision",
+            "decision": decision,
+            "client_ip": env.client_ip,
+            "helo": env.helo,
+            "tls": env.tls.version if env.tls else None,
+            "attribution": attribution.label(),
+            "mail_from": env.mail_from if mail_from is None else mail_from,
+            "rcpt_to": list(env.rcpt_to) + ([rcpt] if rcpt else []),
+            "mode": self.runtime.config.organization.reject_direct_send,
+        }
+        if reason:
+            record["reason"] = reason
+        if verdict is not None:
+            record.update(
+                verdict=verdict.level.value,
+                score=verdict.score,
+                action=verdict.action.value,
+                direct_send=verdict.direct_send,
+                p1=verdict.rds[0].outcome.value if verdict.rds else None,
+                p2=verdict.rds[1].outcome.value if len(verdict.rds) > 1 else None,
+                findings=list(verdict.finding_ids()),
+            )
+        if queue_id:
+            record["queue_id"] = queue_id
+        log.info(json.dumps(record, ensure_ascii=False, default=str))
+
+
+_P_VALUES = frozenset({RdsOutcome.WOULD_REJECT.value, RdsOutcome.NOT_APPLICABLE.value, "unknown"})
+
+
+def _env_dict(env: Envelope) -> dict[str, Any]:
+    return {f: getattr(env, f) for f in env.__dataclass_fields__}
+
+
+def _send_as(store: Store, user: str) -> list[str]:
+    for info in repo.list_users(store, "smtp"):
+        if info.username.lower() == user.lower():
+            return list(info.send_as)
+    return []
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _header_safe(text: str) -> str:
+    return _CONTROL.sub(" ", text)
+
+
+def _fold(line: str, width: int = 78) -> str:
+    """Fold a header line at spaces (RFC 5322 section 2.2.3) so no line exceeds ~998 bytes."""
+    if len(line) <= width:
+        return line
+    out: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            out.append(current)
+            current = " " + word
+        else:
+            current = f"{current} {word}" if current else word
+    out.append(current)
+    return "\r\n".join(out)
+
+
+def received_header(env: Envelope, hostname: str, queue_id: str, submission: bool) -> str:
+    """Our trace field (RFC 5321 section 4.4), with the protocol per RFC 3848."""
+    tls = env.tls is not None
+    proto = "ESMTP" + ("S" if tls else "") + ("A" if env.auth_user else "")
+    helo = _header_safe(env.helo or "unknown")[:255]
+    tls_note = (
+        f" ({env.tls.version} cipher={env.tls.cipher})" if env.tls and env.tls.version else ""
+    )
+    rcpt = f" for <{env.rcpt_to[0]}>" if len(env.rcpt_to) == 1 else ""
+    when = format_datetime(datetime.now(UTC))
+    return (
+        f"Received: from {helo} ([{env.client_ip}]){tls_note} by {hostname} (dsguard) "
+        f"with {proto} id {queue_id}{rcpt}; {when}"
+    )
+
+
+def strip_our_headers(raw: bytes, authserv_id: str, prefix: str) -> bytes:
+    """Remove incoming Authentication-Results that claim our authserv-id (RFC 8601 section 5)
+    and any header with our prefix: only we write those."""
+    end = raw.find(b"\r\n\r\n")
+    if end == -1:
+        head, body = raw, b""
+    else:
+        head, body = raw[: end + 2], raw[end + 2 :]
+    fields = re.split(rb"\r\n(?![ \t])", head)
+    ours = authserv_id.lower().encode()
+    pref = prefix.lower().encode() + b"-"
+    kept: list[bytes] = []
+    changed = False
+    for fld in fields:
+        if not fld:
+            continue
+        low = fld.lower()
+        if low.startswith(pref):
+            changed = True
+            continue
+        if low.startswith(b"authentication-results:"):
+            value = low.split(b":", 1)[1].lstrip()
+            token = re.split(rb"[\s;]", value, maxsplit=1)[0]
+            if token == ours:
+                changed = True
+                continue
+        kept.append(fld)
+    if not changed:
+        return raw
+    return b"\r\n".join(kept) + b"\r\n" + body

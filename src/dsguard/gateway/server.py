@@ -1,0 +1,406 @@
+"""The gateway process: listeners, TLS, SMTP AUTH, hostile-client limits, relay, signals.
+
+Two listeners share one handler runtime: the MX listener (``[gateway] listen``: anonymous and
+connector mail; STARTTLS offered when a certificate is configured, client certificates verified
+against ``tls_client_ca`` for certificate connectors; no AUTH) and, optionally, the submission
+listener (``submission_listen``: STARTTLS required, AUTH only after TLS). SIGHUP reloads the
+configuration and applies it to new transactions at once (Microsoft needs 30 minutes); SIGTERM
+stops accepting, lets sessions finish for a while, then tempfails the rest; the spool stays.
+
+SECURITY: limits per session and per client IP are enforced here (concurrent sessions, whole
+session time, idle time, command count, message size, line length; aiosmtpd itself drops a
+client after five unknown commands and answers 500 to lines over RFC 5321's limits) and AUTH
+failures are throttled per IP. Passwords never reach a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+
+from dsguard.auth.resolver import Resolver
+from dsguard.config import Config, load_config
+from dsguard.engine import Engine
+from dsguard.errors import ConfigError
+from dsguard.gateway.handler import GatewayHandler, Runtime
+from dsguard.gateway.relay import Relay, RetryPolicy, parse_downstream
+from dsguard.gateway.spool import Spool
+from dsguard.store import repository as repo
+from dsguard.store.db import Store, open_store
+
+log = logging.getLogger("dsguard.gateway")
+
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+AUTH_THROTTLED = "454 4.7.0 Too many authentication failures, try again later"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: decisions are already JSON, other records are wrapped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if message.startswith("{"):
+            return message
+        out: dict[str, Any] = {
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        if record.exc_info and record.levelno >= logging.ERROR:
+            out["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(out, ensure_ascii=False)
+
+
+@dataclass
+class ConnectionGate:
+    """Admission control: total and per-IP concurrent sessions."""
+
+    max_sessions: int
+    max_per_ip: int
+    active: collections.Counter[str] = field(default_factory=collections.Counter)
+    sessions: set[GatewaySMTP] = field(default_factory=set)
+
+    def admit(self, ip: str) -> bool:
+        if sum(self.active.values()) >= self.max_sessions or self.active[ip] >= self.max_per_ip:
+            return False
+        self.active[ip] += 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.active[ip] -= 1
+        if self.active[ip] <= 0:
+            del self.active[ip]
+
+
+class AuthThrottle:
+    """At most ``limit`` failed AUTH attempts per client IP within ``window`` seconds."""
+
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.failures: dict[str, collections.deque[float]] = {}
+
+    def blocked(self, ip: str) -> bool:
+        times = self.failures.get(ip)
+        if not times:
+            return False
+        cutoff = self.clock() - self.window
+        while times and times[0] < cutoff:
+            times.popleft()
+        return len(times) >= self.limit
+
+    def failed(self, ip: str) -> None:
+        self.failures.setdefault(ip, collections.deque()).append(self.clock())
+        if len(self.failures) > 100_000:  # bound memory under a distributed attack
+            self.failures.clear()
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's protocol with admission control and a whole-session time limit."""
+
+    def __init__(
+        self,
+        handler: GatewayHandler,
+        *,
+        gate: ConnectionGate,
+        session_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._gate = gate
+        self._session_timeout = session_timeout
+        self._peer_ip: str | None = None
+        self._admitted = False
+        self._dsguard_handler = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._peer_ip is None
+        super().connection_made(transport)
+        if first:
+            peer = transport.get_extra_info("peername")
+            self._peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
+            self._admitted = self._gate.admit(self._peer_ip)
+            if self._admitted:
+                self._gate.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._admitted and self._peer_ip is not None:
+            self._admitted = False
+            self._gate.release(self._peer_ip)
+            self._gate.sessions.discard(self)
+        if self.session is not None:
+            self._dsguard_handler.forget(self.session)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if not self._admitted:
+            await self.push(TOO_MANY_SESSIONS)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        try:
+            async with asyncio.timeout(self._session_timeout):
+                await super()._handle_client()
+        except TimeoutError:
+            try:
+                await self.push(SESSION_TOO_LONG)
+            finally:
+                if self.transport is not None:
+                    self.transport.close()
+
+    async def shutdown(self) -> None:
+        """Tell a session still open at shutdown to come back later, then close it."""
+        with contextlib.suppress(Exception):  # the peer may already be gone
+            await self.push(SHUTTING_DOWN)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    gw = cfg.gateway
+    if not gw.tls_cert or not gw.tls_key:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(gw.tls_cert, gw.tls_key)
+        if gw.tls_client_ca:
+            ctx.load_verify_locations(gw.tls_client_ca)
+            # Optional: ordinary senders have no certificate; a presented one must verify.
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(cfg.source, [f"gateway TLS: {exc}"]) from None
+    return ctx
+
+
+def make_resolver(cfg: Config) -> Resolver | None:
+    servers = cfg.gateway.dns_servers
+    if not servers:
+        return None
+    if list(servers) == ["system"]:
+        return Resolver.system(timeout=cfg.gateway.dns_timeout)
+    return Resolver(list(servers), timeout=cfg.gateway.dns_timeout)
+
+
+def _split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class GatewayServer:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.stop_event = asyncio.Event()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._handlers: list[GatewayHandler] = []
+        self.spool = Spool(Path(config.gateway.spool_dir))
+        self.store: Store | None = None
+        self.relay: Relay | None = None
+        self.runtime: Runtime | None = None
+        gl = config.gateway.limits
+        self.gate = ConnectionGate(gl.max_sessions, gl.max_sessions_per_ip)
+        self.throttle = AuthThrottle(gl.max_auth_failures, gl.auth_failure_window)
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        recovered = await asyncio.to_thread(self.spool.recover)
+        if recovered:
+            log.info("spool: %d messages from an interrupted run requeued", recovered)
+        self.store = await asyncio.to_thread(open_store, cfg.storage.url)
+        engine = Engine(cfg)
+        downstream = parse_downstream(cfg.gateway.downstream)
+        r = cfg.gateway.retry
+        self.relay = Relay(
+            self.spool,
+            downstream,
+            RetryPolicy(
+                first_delay=r.first_delay, factor=r.factor, max_delay=r.max_delay, max_age=r.max_age
+            ),
+            concurrency=cfg.gateway.relay_concurrency,
+            helo=cfg.gateway.hostname,
+            on_result=self._relay_result,
+        )
+        self.runtime = Runtime(cfg, engine, make_resolver(cfg), self.spool, self.store, self.relay)
+        if self.runtime.resolver is None:
+            log.warning("gateway: no [gateway] dns_servers configured: live SPF/DKIM/DMARC is off")
+        tls = server_tls_context(cfg)
+        loop = asyncio.get_running_loop()
+        listeners = [("mx", cfg.gateway.listen, False)]
+        if cfg.gateway.submission_listen:
+            listeners.append(("submission", cfg.gateway.submission_listen, True))
+        for name, address, submission in listeners:
+            handler = GatewayHandler(self.runtime, submission=submission)
+            self._handlers.append(handler)
+            host, port = _split_hostport(address)
+            server = await loop.create_server(
+                functools.partial(self._protocol, handler, submission, tls),
+                host=host,
+                port=port,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            sock = server.sockets[0].getsockname()
+            self.bound[name] = (sock[0], sock[1])
+            log.info(
+                json.dumps(
+                    {"event": "listening", "listener": name, "address": f"{sock[0]}:{sock[1]}"}
+                )
+            )
+        self._relay_task = asyncio.create_task(self.relay.run(self.stop_event))
+
+    def _protocol(
+        self, handler: GatewayHandler, submission: bool, tls: ssl.SSLContext | None
+    ) -> GatewaySMTP:
+        cfg = self.runtime.config if self.runtime else self.config
+        gl = cfg.gateway.limits
+        return GatewaySMTP(
+            handler,
+            gate=self.gate,
+            session_timeout=gl.session_timeout,
+            hostname=cfg.gateway.hostname,
+            ident="dsguard ESMTP",
+            tls_context=tls,
+            require_starttls=submission and tls is not None,
+            auth_required=submission,
+            auth_require_tls=True,
+            authenticator=self._authenticate if submission else None,
+            data_size_limit=gl.max_message_bytes,
+            timeout=gl.idle_timeout,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            command_call_limit=gl.max_commands,
+        )
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        peer = session.peer
+        ip = peer[0] if isinstance(peer, tuple) else "unknown"
+        if self.throttle.blocked(ip):
+            return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
+        if not isinstance(auth_data, LoginPassword) or self.store is None:
+            self.throttle.failed(ip)
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        info = repo.verify_password(self.store, user, password, "smtp")
+        if info is None:
+            self.throttle.failed(ip)
+            log.info(json.dumps({"event": "auth_failed", "client_ip": ip, "user": user[:100]}))
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=auth_data)
+
+    def reload(self) -> None:
+        """SIGHUP: load the config again; new transactions use it at once. A bad file keeps the
+        running config (and says why)."""
+        if self.config_path is None or self.runtime is None:
+            return
+        try:
+            cfg = load_config(self.config_path)
+            engine = Engine(cfg)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error(
+                    json.dumps({"event": "reload_failed", "config": exc.source, "problem": problem})
+                )
+            return
+        old = self.runtime
+        for key in (
+            "listen",
+            "submission_listen",
+            "spool_dir",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "downstream",
+        ):
+            if getattr(cfg.gateway, key) != getattr(old.config.gateway, key):
+                log.warning(
+                    json.dumps({"event": "reload", "note": f"gateway.{key} changes need a restart"})
+                )
+        if cfg.storage.url != old.config.storage.url:
+            log.warning(
+                json.dumps({"event": "reload", "note": "storage.url changes need a restart"})
+            )
+        new = Runtime(cfg, engine, make_resolver(cfg), old.spool, old.store, old.relay)
+        self.runtime = new
+        for handler in self._handlers:
+            handler.runtime = new
+        log.info(
+            json.dumps(
+                {
+                    "event": "reloaded",
+                    "config": cfg.source,
+                    "reject_direct_send": cfg.organization.reject_direct_send,
+                }
+            )
+        )
+        # The old engine's decoder child may serve a transaction still in flight: stop it later.
+        asyncio.get_running_loop().call_later(60, old.engine.close)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self.gate.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for session in list(self.gate.sessions):
+            await session.shutdown()
+        self.stop_event.set()
+        if self.relay is not None:
+            await self._relay_task
+        if self.runtime is not None:
+            self.runtime.engine.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("dsguard")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # aiosmtpd logs every command line (including AUTH exchanges) at INFO/DEBUG: keep it quiet.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+async def run_gateway(config: Config, config_path: str | None) -> None:
+    server = GatewayServer(config, config_path)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    print(
+        json.dumps({"event": "ready", **{k: f"{h}:{p}" for k, (h, p) in server.bound.items()}}),
+        file=sys.stderr,
+        flush=True,
+    )
+    await stopping.wait()
+    log.info(json.dumps({"event": "stopping"}))
+    await server.stop()
