@@ -240,7 +240,6 @@ class GatewayServer:
             ),
             concurrency=cfg.gateway.relay_concurrency,
             helo=cfg.gateway.hostname,
-            on_result=self._relay_result,
         )
         self.runtime = Runtime(cfg, engine, make_resolver(cfg), self.spool, self.store, self.relay)
         if self.runtime.resolver is None:
