@@ -290,6 +290,17 @@ class Gateway(_Strict):
         return self
 
 
+class Policyd(_Strict):
+    """The Postfix policy delegation server (``dsguard policyd``)."""
+
+    listen: str = "127.0.0.1:10040"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_hostport(value, "listen")
+
+
 class Storage(_Strict):
     url: str = "sqlite:///var/dsguard.sqlite3"
 
@@ -304,6 +315,7 @@ class Config(_Strict):
     intel: Intel = Field(default_factory=Intel)
     lures: Lures = Field(default_factory=Lures)
     gateway: Gateway = Field(default_factory=Gateway)
+    policyd: Policyd = Field(default_factory=Policyd)
     storage: Storage = Field(default_factory=Storage)
     # Where the file came from (for messages); not a TOML key.
     source: str = Field(default="<defaults>", exclude=True)

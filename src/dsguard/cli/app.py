@@ -11,6 +11,7 @@ from dsguard.cli import (
     events_cmd,
     findings_cmd,
     gateway_cmd,
+    policyd_cmd,
     quarantine_cmd,
     scan_cmd,
     spool_cmd,
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.command("scan")(scan_cmd.scan)
 app.command("findings")(findings_cmd.findings)
 app.command("gateway")(gateway_cmd.gateway)
+app.command("policyd")(policyd_cmd.policyd)
 app.command("events")(events_cmd.events)
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(quarantine_cmd.app, name="quarantine")

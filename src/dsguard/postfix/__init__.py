@@ -1,0 +1,1 @@
+"""Postfix front doors: the policy delegation server and the milter."""
