@@ -11,6 +11,7 @@ from dsguard.cli import (
     events_cmd,
     findings_cmd,
     gateway_cmd,
+    m365_cmd,
     policyd_cmd,
     quarantine_cmd,
     scan_cmd,
@@ -34,6 +35,7 @@ app.command("events")(events_cmd.events)
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(quarantine_cmd.app, name="quarantine")
 app.add_typer(spool_cmd.app, name="spool")
+app.add_typer(m365_cmd.app, name="m365")
 
 
 @app.command("version")
