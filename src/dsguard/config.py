@@ -253,6 +253,9 @@ class Gateway(_Strict):
     dns_servers: tuple[str, ...] = ()
     dns_timeout: float = Field(default=5.0, gt=0)
     relay_concurrency: int = Field(default=4, gt=0)
+    # Seconds between spool scans for entries written by other processes (e.g. `dsguard
+    # quarantine release`); mail accepted by the gateway itself is relayed at once.
+    relay_poll_interval: float = Field(default=10.0, gt=0)
     header_prefix: str = "X-Dsguard"
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
     retry: Retry = Field(default_factory=Retry)

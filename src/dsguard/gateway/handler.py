@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from dsguard.auth.live import authenticate, authentication_results_header
@@ -69,6 +69,8 @@ TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 BARE_NEWLINE = "550 5.5.2 Message rejected: bare <CR> or <LF> in message data (RFC 5321 2.3.8)"
 MALICIOUS_REJECT = "550 5.7.1 Message rejected as malicious by policy"
 NO_MAIL_FROM = "503 5.5.1 Error: need MAIL command"
+# Postfix's wording when SASL is off; AUTH belongs to the submission listener.
+AUTH_NOT_HERE = "503 5.5.1 Error: authentication not enabled"
 
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
@@ -179,6 +181,28 @@ class GatewayHandler:
         # Design contract: an internal fault is a temporary failure, never a permanent 5xx.
         log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
         return TEMPFAIL
+
+    async def handle_EHLO(  # noqa: N802 -- aiosmtpd hook name (5-argument form)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: SmtpEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must set it (aiosmtpd docs)
+        if self.submission:
+            return responses
+        # aiosmtpd advertises AUTH after STARTTLS on every listener, but the MX listener has
+        # no authenticator: every attempt would fail with 535, and an MTA that has SASL
+        # credentials for this host would defer or bounce its mail. Do not offer it.
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+
+    async def handle_AUTH(  # noqa: N802 -- aiosmtpd hook name
+        self, server: SMTP, session: Session, envelope: SmtpEnvelope, args: list[str]
+    ) -> object:
+        # MISSING: aiosmtpd runs its own AUTH exchange (the submission listener).
+        return MISSING if self.submission else AUTH_NOT_HERE
 
     async def handle_MAIL(  # noqa: N802 -- aiosmtpd hook name
         self,
@@ -347,7 +371,7 @@ class GatewayHandler:
                     rcpt_to=env.rcpt_to,
                     client_ip=env.client_ip,
                     helo=env.helo,
-                    country=None,
+                    country=env.country,
                     header_from=header_from.addr if header_from else None,
                     subject=(msg.subject or "")[:500] or None,
                     message_id=msg.message_id,
@@ -360,6 +384,7 @@ class GatewayHandler:
                 )
             except Exception as exc:
                 log.error("quarantine failed, answering 451: %s", exc)
+                await self._tempfail(env, txn, p2_value, verdict, msg, "quarantine failed")
                 return TEMPFAIL
             await self._record(
                 env,
@@ -385,6 +410,7 @@ class GatewayHandler:
             )
         except OSError as exc:
             log.error("spool write failed, answering 451: %s", exc)
+            await self._tempfail(env, txn, p2_value, verdict, msg, "spool write failed")
             return TEMPFAIL
         if rt.relay is not None:
             rt.relay.wake()
@@ -403,6 +429,29 @@ class GatewayHandler:
         )
         self._log_decision(env, txn.attribution, decision, verdict=verdict, queue_id=entry.id)
         return f"250 2.0.0 OK: queued as {queue_id}"
+
+    async def _tempfail(
+        self,
+        env: Envelope,
+        txn: Transaction,
+        p2: str,
+        verdict: Verdict,
+        msg: ParsedMessage,
+        reason: str,
+    ) -> None:
+        """The transaction's decision was "try again later": one decision line and one event,
+        like every other decision (the error itself is logged by the caller)."""
+        assert txn.attribution is not None
+        await self._record(
+            env,
+            txn.attribution,
+            p1=txn.p1_outcome,
+            p2=p2,
+            decision="tempfail",
+            verdict=verdict,
+            msg=msg,
+        )
+        self._log_decision(env, txn.attribution, "tempfail", reason=reason, verdict=verdict)
 
     async def _authenticate(
         self, env: Envelope, raw: bytes, from_domain: str | None

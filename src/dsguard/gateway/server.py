@@ -47,6 +47,7 @@ log = logging.getLogger("dsguard.gateway")
 TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
 SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 AUTH_THROTTLED = "454 4.7.0 Too many authentication failures, try again later"
 
 
@@ -131,6 +132,7 @@ class GatewaySMTP(SMTP):
         self._peer_ip: str | None = None
         self._admitted = False
         self._dsguard_handler = handler
+        self._told_to_leave = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._peer_ip is None
@@ -167,8 +169,30 @@ class GatewaySMTP(SMTP):
                 if self.transport is not None:
                     self.transport.close()
 
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes a silent client without a word; RFC 5321 section 3.8: a server that
+        # closes the channel on its own SHOULD first send 421, so the client knows to retry.
+        # (aiosmtpd's own callback only closes the transport, as this one does after the 421.)
+        transport = self.transport
+        if transport is None:
+            return
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                transport.write(IDLE_TIMEOUT.encode("ascii") + b"\r\n")
+        transport.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """A MAIL transaction is under way (MAIL accepted, not yet ended by DATA or RSET)."""
+        envelope = self.envelope
+        return envelope is not None and envelope.mail_from is not None
+
     async def shutdown(self) -> None:
-        """Tell a session still open at shutdown to come back later, then close it."""
+        """Tell a session still open at shutdown to come back later, then close it (once:
+        ``stop`` may see the session again before its connection is gone)."""
+        if self._told_to_leave:
+            return
+        self._told_to_leave = True
         with contextlib.suppress(Exception):  # the peer may already be gone
             await self.push(SHUTTING_DOWN)
         if self.transport is not None:
@@ -240,6 +264,7 @@ class GatewayServer:
             ),
             concurrency=cfg.gateway.relay_concurrency,
             helo=cfg.gateway.hostname,
+            poll_interval=cfg.gateway.relay_poll_interval,
         )
         self.runtime = Runtime(cfg, engine, make_resolver(cfg), self.spool, self.store, self.relay)
         if self.runtime.resolver is None:
@@ -345,6 +370,11 @@ class GatewayServer:
             )
         new = Runtime(cfg, engine, make_resolver(cfg), old.spool, old.store, old.relay)
         self.runtime = new
+        # Admission control and AUTH throttling are shared objects, built once at start: give
+        # them the new limits too (new sessions already read theirs from the runtime).
+        gl = cfg.gateway.limits
+        self.gate.max_sessions, self.gate.max_per_ip = gl.max_sessions, gl.max_sessions_per_ip
+        self.throttle.limit, self.throttle.window = gl.max_auth_failures, gl.auth_failure_window
         for handler in self._handlers:
             handler.runtime = new
         log.info(
@@ -364,6 +394,11 @@ class GatewayServer:
             server.close()
         deadline = time.monotonic() + grace
         while self.gate.sessions and time.monotonic() < deadline:
+            # Sessions between transactions have nothing to finish: tell them now instead of
+            # holding the shutdown (and them) for the whole grace period.
+            for session in list(self.gate.sessions):
+                if not session.in_transaction:
+                    await session.shutdown()
             await asyncio.sleep(0.1)
         for session in list(self.gate.sessions):
             await session.shutdown()
@@ -384,7 +419,19 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     root.propagate = False
     # aiosmtpd logs every command line (including AUTH exchanges) at INFO/DEBUG: keep it quiet.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # Its warnings (e.g. a client over the command limit) go out as JSON lines like ours; the
+    # default "last resort" handler would print them as plain text.
+    smtp_log = logging.getLogger("mail.log")
+    smtp_log.handlers[:] = [handler]
+    smtp_log.setLevel(logging.WARNING)
+    smtp_log.propagate = False
+    smtp_log.addFilter(_drop_aiosmtpd_noise)
+
+
+def _drop_aiosmtpd_noise(record: logging.LogRecord) -> bool:
+    # aiosmtpd warns about its own deprecated Session.login_data on every successful AUTH;
+    # nothing an admin can act on.
+    return "login_data is deprecated" not in record.getMessage()
 
 
 async def run_gateway(config: Config, config_path: str | None) -> None:
