@@ -385,4 +385,36 @@ def load_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, _format_errors(exc)) from None
+    if path is not None:
+        config = _resolve_paths(config, Path(path).resolve().parent)
     return config.model_copy(update={"source": source})
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative file paths in a config file mean "next to the config file", whatever the
+    current directory of the command that reads it (the gateway, ``dsguard quarantine
+    release`` run from elsewhere, a service manager)."""
+
+    def rel(value: str | None) -> str | None:
+        if not value or Path(value).is_absolute():
+            return value
+        return str(base / value)
+
+    gw = config.gateway
+    gateway = gw.model_copy(
+        update={
+            "spool_dir": rel(gw.spool_dir),
+            "tls_cert": rel(gw.tls_cert),
+            "tls_key": rel(gw.tls_key),
+            "tls_client_ca": rel(gw.tls_client_ca),
+        }
+    )
+    intel = config.intel.model_copy(
+        update={"ioc_files": tuple(rel(f) or f for f in config.intel.ioc_files)}
+    )
+    url = config.storage.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        url = prefix + str(base / url[len(prefix) :])
+    storage = config.storage.model_copy(update={"url": url})
+    return config.model_copy(update={"gateway": gateway, "intel": intel, "storage": storage})

@@ -122,9 +122,18 @@ def release(qid: str, config: ConfigOpt = None) -> None:
         fail(f"quarantine release: no message {qid!r}")
     if item.status != "held" or item.raw is None:
         fail(f"quarantine release: {qid} is {item.status}")
+    # Mark first: the status change is atomic in the database, so two concurrent releases
+    # cannot both queue the message.
+    if not repo.mark_released(store, qid, ACTOR):
+        fail(f"quarantine release: {qid} is no longer held")
     spool = Spool(Path(cfg.gateway.spool_dir))
-    entry = spool.enqueue(item.raw, item.mail_from, item.rcpt_to, {"released_from": qid})
-    repo.mark_released(store, qid, ACTOR)
+    try:
+        entry = spool.enqueue(item.raw, item.mail_from, item.rcpt_to, {"released_from": qid})
+    except OSError as exc:
+        fail(
+            f"quarantine release: {qid} marked released but could not be queued ({exc}); "
+            f"download it with 'dsguard quarantine show --raw {qid}'"
+        )
     typer.echo(f"released {qid}: queued as {entry.id}")
 
 

@@ -328,7 +328,11 @@ class GatewayHandler:
         )
         p2 = verdict.rds[1] if len(verdict.rds) > 1 else None
         mode = cfg.organization.reject_direct_send
-        if p2 is not None and p2.enforced:
+        if p2 is not None and p2.enforced and not auth_summary.known:
+            # Without a resolver nothing can prove an own-domain From, so P2 would refuse
+            # legitimate DKIM-signed mail too: record it, do not enforce it.
+            txn.audit_notes.append(f"would refuse (P2, not enforced without DNS): {p2.reason}")
+        elif p2 is not None and p2.enforced:
             await self._record(
                 env,
                 txn.attribution,

@@ -134,6 +134,32 @@ class GatewaySMTP(SMTP):
         self._dsguard_handler = handler
         self._told_to_leave = False
 
+    # -- SMTP AUTH off the event loop --------------------------------------------------------
+    # aiosmtpd calls the authenticator synchronously from its async auth_* methods; an argon2
+    # verification takes tens to hundreds of milliseconds, during which every session would
+    # stall. The base auth_PLAIN/auth_LOGIN parse the exchange and hand the credentials to
+    # _authenticate, which here only records them; the check then runs in a worker thread.
+    _pending_credentials: Any = None
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        self._pending_credentials = (mechanism, auth_data)
+        return AuthResult(success=False, handled=True)
+
+    async def _checked(self, result: AuthResult) -> AuthResult:
+        pending, self._pending_credentials = self._pending_credentials, None
+        if pending is None:  # the exchange failed before credentials were complete
+            return result
+        mechanism, auth_data = pending
+        return await asyncio.to_thread(SMTP._authenticate, self, mechanism, auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802 -- aiosmtpd name
+        self._pending_credentials = None
+        return await self._checked(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802 -- aiosmtpd name
+        self._pending_credentials = None
+        return await self._checked(await super().auth_LOGIN(_, args))
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._peer_ip is None
         super().connection_made(transport)

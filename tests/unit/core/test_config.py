@@ -56,3 +56,16 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(p)
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    p = conf_dir / "dsguard.toml"
+    p.write_text('[gateway]\nspool_dir = "spool"\n[storage]\nurl = "sqlite:///db/dsguard.sqlite3"\n'
+                 '[intel]\nioc_files = ["iocs.txt", "/abs/iocs.txt"]\n')
+    cfg = load_config(p)
+    assert cfg.gateway.spool_dir == str(conf_dir / "spool")
+    assert cfg.storage.url == f"sqlite:///{conf_dir / 'db' / 'dsguard.sqlite3'}"
+    assert cfg.intel.ioc_files == (str(conf_dir / "iocs.txt"), "/abs/iocs.txt")
+    assert load_config().gateway.spool_dir == "var/spool"  # no file: relative to the working dir
