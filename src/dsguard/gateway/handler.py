@@ -61,6 +61,7 @@ from dsguard.policy.rds import decide_p1
 from dsguard.policy.relay import check_recipient, check_send_as
 from dsguard.store import repository as repo
 from dsguard.store.db import Store
+from dsguard.store.events import EventWriter
 
 log = logging.getLogger("dsguard.gateway")
 
@@ -96,6 +97,7 @@ class Runtime:
     spool: Spool
     store: Store
     relay: Relay | None = None
+    events: EventWriter | None = None
 
 
 def verified_peer_names(session: Session) -> tuple[str, ...]:
@@ -264,7 +266,7 @@ class GatewayHandler:
                 txn.refused_recorded = True
                 env = self._envelope(session, envelope)
                 env = Envelope(**{**_env_dict(env), "rcpt_to": (*env.rcpt_to, address)})
-                await self._record(
+                self._record(
                     env,
                     txn.attribution,
                     p1=p1.outcome.value,
@@ -293,7 +295,7 @@ class GatewayHandler:
             raw = raw.encode("utf-8", "surrogateescape")
         env = self._envelope(session, envelope)
         if _BARE.search(raw):
-            await self._record(
+            self._record(
                 env,
                 txn.attribution,
                 p1=txn.p1_outcome,
@@ -333,7 +335,7 @@ class GatewayHandler:
             # legitimate DKIM-signed mail too: record it, do not enforce it.
             txn.audit_notes.append(f"would refuse (P2, not enforced without DNS): {p2.reason}")
         elif p2 is not None and p2.enforced:
-            await self._record(
+            self._record(
                 env,
                 txn.attribution,
                 p1=txn.p1_outcome,
@@ -354,7 +356,7 @@ class GatewayHandler:
         action = verdict.action
         p2_value = p2.outcome.value if p2 else "unknown"
         if action is Action.REJECT:
-            await self._record(
+            self._record(
                 env,
                 txn.attribution,
                 p1=txn.p1_outcome,
@@ -390,7 +392,7 @@ class GatewayHandler:
                 log.error("quarantine failed, answering 451: %s", exc)
                 await self._tempfail(env, txn, p2_value, verdict, msg, "quarantine failed")
                 return TEMPFAIL
-            await self._record(
+            self._record(
                 env,
                 txn.attribution,
                 p1=txn.p1_outcome,
@@ -421,7 +423,7 @@ class GatewayHandler:
         decision = (
             "audited" if txn.audit_notes else ("tagged" if action is Action.TAG else "accepted")
         )
-        await self._record(
+        self._record(
             env,
             txn.attribution,
             p1=txn.p1_outcome,
@@ -446,7 +448,7 @@ class GatewayHandler:
         """The transaction's decision was "try again later": one decision line and one event,
         like every other decision (the error itself is logged by the caller)."""
         assert txn.attribution is not None
-        await self._record(
+        self._record(
             env,
             txn.attribution,
             p1=txn.p1_outcome,
@@ -506,7 +508,7 @@ class GatewayHandler:
         head = "".join(_fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
         return head + raw
 
-    async def _record(
+    def _record(
         self,
         env: Envelope,
         attribution: Attribution,
@@ -525,10 +527,11 @@ class GatewayHandler:
                 if fld.first is not None:
                     header_from = fld.first.addr
                     break
-        try:
-            await asyncio.to_thread(
-                repo.record_event,
-                rt.store,
+        if rt.events is None:
+            return
+        # Queued for the single event-writer thread: the reply never waits for the database.
+        rt.events.put(
+            dict(
                 front_door="gateway",
                 client_ip=env.client_ip,
                 helo=(env.helo or "")[:255] or None,
@@ -548,8 +551,7 @@ class GatewayHandler:
                 subject=((msg.subject or "")[:500] or None) if msg else None,
                 queue_id=queue_id,
             )
-        except Exception as exc:
-            log.error("could not record event: %s", exc)
+        )
 
     def _log_decision(
         self,

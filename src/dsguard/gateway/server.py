@@ -41,6 +41,7 @@ from dsguard.gateway.relay import Relay, RetryPolicy, parse_downstream
 from dsguard.gateway.spool import Spool
 from dsguard.store import repository as repo
 from dsguard.store.db import Store, open_store
+from dsguard.store.events import EventWriter
 
 log = logging.getLogger("dsguard.gateway")
 
@@ -292,7 +293,10 @@ class GatewayServer:
             helo=cfg.gateway.hostname,
             poll_interval=cfg.gateway.relay_poll_interval,
         )
-        self.runtime = Runtime(cfg, engine, make_resolver(cfg), self.spool, self.store, self.relay)
+        self.events = EventWriter(self.store)
+        self.runtime = Runtime(
+            cfg, engine, make_resolver(cfg), self.spool, self.store, self.relay, self.events
+        )
         if self.runtime.resolver is None:
             log.warning("gateway: no [gateway] dns_servers configured: live SPF/DKIM/DMARC is off")
         tls = server_tls_context(cfg)
@@ -340,7 +344,17 @@ class GatewayServer:
             timeout=gl.idle_timeout,
             decode_data=False,
             enable_SMTPUTF8=True,
-            command_call_limit=gl.max_commands,
+            # aiosmtpd's budget is per command per connection and never resets: an upstream MTA
+            # reusing its connection sends MAIL/RCPT/DATA/RSET for every message, so those are
+            # bounded by the session time limit instead; everything else (NOOP, HELO, VRFY...
+            # the flood commands) by max_commands.
+            command_call_limit={
+                "MAIL": 1_000_000,
+                "RCPT": 10_000_000,
+                "DATA": 1_000_000,
+                "RSET": 1_000_000,
+                "*": gl.max_commands,
+            },
         )
 
     def _authenticate(
@@ -394,7 +408,7 @@ class GatewayServer:
             log.warning(
                 json.dumps({"event": "reload", "note": "storage.url changes need a restart"})
             )
-        new = Runtime(cfg, engine, make_resolver(cfg), old.spool, old.store, old.relay)
+        new = Runtime(cfg, engine, make_resolver(cfg), old.spool, old.store, old.relay, old.events)
         self.runtime = new
         # Admission control and AUTH throttling are shared objects, built once at start: give
         # them the new limits too (new sessions already read theirs from the runtime).
@@ -433,6 +447,8 @@ class GatewayServer:
             await self._relay_task
         if self.runtime is not None:
             self.runtime.engine.close()
+            if self.runtime.events is not None:
+                self.runtime.events.close()
         if self.store is not None:
             self.store.close()
 

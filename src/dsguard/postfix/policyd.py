@@ -20,11 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import queue
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from dsguard.config import Config
 from dsguard.mail.addresses import domain_of
@@ -32,8 +29,8 @@ from dsguard.model import Envelope, EnvelopeOrigin, TlsInfo
 from dsguard.policy.attribution import attribute
 from dsguard.policy.domains import AcceptedDomains
 from dsguard.policy.rds import decide_p1
-from dsguard.store import repository as repo
 from dsguard.store.db import Store
+from dsguard.store.events import EventWriter
 
 log = logging.getLogger("dsguard.policyd")
 
@@ -82,42 +79,6 @@ class PolicyDecider:
         if p1.would_reject and mode == "audit":
             return PolicyAnswer(DUNNO, "audited", p1.reason, label)
         return PolicyAnswer(DUNNO, "dunno", p1.reason, label)
-
-
-class EventWriter:
-    """Writes policy events to the store from a background thread (bounded queue; when the
-    database lags, events are dropped and counted rather than delaying Postfix)."""
-
-    def __init__(self, store: Store | None, maxsize: int = 10000) -> None:
-        self.store = store
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize)
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="policyd-events", daemon=True)
-        if store is not None:
-            self._thread.start()
-
-    def put(self, event: dict[str, Any]) -> None:
-        if self.store is None:
-            return
-        try:
-            self.queue.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
-
-    def _run(self) -> None:
-        while True:
-            event = self.queue.get()
-            if event is None or self.store is None:
-                return
-            try:
-                repo.record_event(self.store, **event)
-            except Exception as exc:  # a lost event must not stop the writer
-                log.error("could not record event: %s", exc)
-
-    def close(self) -> None:
-        if self.store is not None and self._thread.is_alive():
-            self.queue.put(None)
-            self._thread.join(timeout=10)
 
 
 def parse_request(lines: list[bytes]) -> dict[str, str] | None:

@@ -65,7 +65,7 @@ def test_audit_accepts_the_spoof_stamps_and_records_it(gw: GatewayProcess) -> No
     [decision] = gw.decisions(since=mark)
     assert decision["decision"] == "audited"
     assert decision["p1"] == "would_reject"
-    [event] = [e for e in gw.events("audited") if e["queue_id"] == decision["queue_id"]]
+    [event] = gw.wait_events("audited", lambda e: e["queue_id"] == decision["queue_id"])
     assert (event["p1"], event["mode"], event["mail_from"]) == ("would_reject", "audit", "joe@contoso.com")
 
 

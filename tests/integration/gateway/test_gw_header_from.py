@@ -73,7 +73,7 @@ def test_p2_spoof_is_refused_at_end_of_data_naming_the_header_from(gw: GatewayPr
     assert decision["decision"] == "refused"
     assert (decision["p1"], decision["p2"]) == ("not_applicable", "would_reject")
     assert decision["reason"].startswith("P2 ")
-    [event] = [e for e in gw.events("refused") if tag in (e["message_id"] or "")]
+    [event] = gw.wait_events("refused", lambda e: tag in (e["message_id"] or ""))
     assert event["header_from"] == "payroll@contoso.com"
     assert event["p2"] == "would_reject"
     assert_never_delivered(gw, tag.encode())

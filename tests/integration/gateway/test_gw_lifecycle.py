@@ -229,7 +229,7 @@ def test_internal_fault_is_451_and_a_retry_succeeds(gateway_factory: GatewayFact
     assert any("spool write failed" in str(r.get("message")) for r in records)
     [decision] = [r for r in records if r.get("event") == "decision"]
     assert (decision["decision"], decision["reason"]) == ("tempfail", "spool write failed")
-    assert [e["decision"] for e in gw.events("tempfail")] == ["tempfail"]
+    assert [e["decision"] for e in gw.wait_events("tempfail", lambda e: True)] == ["tempfail"]
     assert not gw.spool_holds(tag.encode())
 
     # The fault is repaired; the client's retry (as any MTA does after a 4xx) goes through.

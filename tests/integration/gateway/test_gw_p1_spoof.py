@@ -94,7 +94,7 @@ def test_send_mailmessage_spoof_is_refused_with_microsofts_reply_smtplib(
     assert decision["rcpt_to"] == ["joe@contoso.com"]
     assert decision["reason"].startswith("P1 ")
 
-    events = [e for e in gw.events("refused") if e["helo"] == helo]
+    events = gw.wait_events("refused", lambda e: e["helo"] == helo)
     assert len(events) == 1
     assert events[0]["p1"] == "would_reject"
     assert events[0]["mode"] == "on"
