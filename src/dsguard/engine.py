@@ -67,6 +67,14 @@ class Engine:
             else InProcessDecoder()
         )
         self._lures = compile_lures(config.lures.patterns)
+        # The config is frozen: each level's action is looked up once.
+        self._actions = {lvl: Action(getattr(config.actions, lvl.value)) for lvl in Level}
+        # Composite patterns compiled once; fnmatchcase(name, p) is exactly
+        # re.compile(fnmatch.translate(p)).match(name) (it caches that per call).
+        self._composites = [
+            (cid, comp, _matchers(comp.all_of), _matchers(comp.any_of))
+            for cid, comp in config.scoring.composites.items()
+        ]
         self._checks: tuple[Callable[[Facts], Iterable[Hit]], ...] = (
             direct_send.check,
             auth.check,
@@ -109,7 +117,7 @@ class Engine:
             findings=findings,
             direct_send=facts.direct_send,
             attribution=attribution,
-            action=Action(getattr(self.config.actions, level.value)),
+            action=self._actions[level],
             iocs=_iocs(facts),
             rds=self.rds_decisions(facts),
         )
@@ -163,15 +171,11 @@ class Engine:
             for fid, (summary, ev) in merged.items()
         ]
         ids = list(merged)
-        for cid, comp in self.config.scoring.composites.items():
-            if all(any(fnmatch.fnmatchcase(i, p) for i in ids) for p in comp.all_of) and (
-                not comp.any_of or any(fnmatch.fnmatchcase(i, p) for i in ids for p in comp.any_of)
+        for cid, comp, all_of, any_of in self._composites:
+            if all(any(m(i) for i in ids) for m in all_of) and (
+                not any_of or any(m(i) for i in ids for m in any_of)
             ):
-                parts = [
-                    i
-                    for i in ids
-                    if any(fnmatch.fnmatchcase(i, p) for p in comp.all_of + comp.any_of)
-                ]
+                parts = [i for i in ids if any(m(i) for m in all_of + any_of)]
                 findings.append(
                     Finding(cid, scores.get(cid, comp.score), comp.description, " + ".join(parts))
                 )
@@ -184,7 +188,13 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 def _clean(text: str) -> str:
     """Findings are shown in terminals and pages: no control characters from hostile input."""
+    if text.isprintable():
+        return text  # no C0 control or DEL in it: nothing for the pattern to replace
     return _CONTROL.sub("?", text)
+
+
+def _matchers(patterns: tuple[str, ...]) -> list[Callable[[str], re.Match[str] | None]]:
+    return [re.compile(fnmatch.translate(p)).match for p in patterns]
 
 
 def _iocs(facts: Facts) -> Iocs:

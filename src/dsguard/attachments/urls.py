@@ -46,10 +46,6 @@ _URL_TAIL = re.compile(r"[^\s<>\"\x00-\x1f\x7f\u201c\u201d\u2018\u2019\u00ab\u00
 _SCHEMES_BEFORE_SLASHES = ("https", "http", "ftp")
 
 
-def _is_word(ch: str) -> bool:
-    return ch.isalnum() or ch == "_"
-
-
 def iter_text_urls(text: str) -> Iterator[str]:
     """Yield what ``_URL_IN_TEXT.finditer(text)`` would match, in order."""
     lowered = text.lower()
@@ -63,7 +59,7 @@ def iter_text_urls(text: str) -> Iterator[str]:
         for scheme in _SCHEMES_BEFORE_SLASHES:
             start = pos - len(scheme)
             if start >= 0 and lowered.startswith(scheme, start) and (
-                start == 0 or not _is_word(text[start - 1])
+                start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_")
             ):
                 candidates.append((start, pos + 3))
                 break
@@ -71,7 +67,7 @@ def iter_text_urls(text: str) -> Iterator[str]:
     pos = lowered.find("www.")
     while pos != -1:
         before = text[pos - 1] if pos else ""
-        if not before or not (_is_word(before) or before in "@./:-"):
+        if not before or not (before.isalnum() or before in "_@./:-"):
             candidates.append((pos, pos + 4))
         pos = lowered.find("www.", pos + 4)
     candidates.sort()
@@ -95,6 +91,7 @@ _SPECIAL_SCHEMES = frozenset(("http", "https", "ftp", "ws", "wss"))
 
 _TRAILING_PUNCTUATION = frozenset(".,;:!?'\"")
 _CLOSING_BRACKETS = {")": "(", "]": "[", "}": "{"}
+_TRIM_CANDIDATES = _TRAILING_PUNCTUATION | frozenset(_CLOSING_BRACKETS)
 # WHATWG forbidden host code points (plus the percent sign, which must be decoded by now).
 _FORBIDDEN_HOST = re.compile(r"[\x00-\x20#%/:<>?@\[\\\]^|\x7f]")
 _C0_AND_SPACE = "".join(chr(code) for code in range(0x21))
@@ -150,6 +147,21 @@ def url_host(url: str) -> str | None:
 def url_parts(url: str) -> UrlParts | None:
     """Split a URL with an authority (``scheme://host...``); None when it has none or the host
     or port is invalid."""
+    plain = _PLAIN_CLEAN_URL.fullmatch(url)
+    if plain is not None:
+        # Fast path: nothing to clean, no userinfo or port; the general path below would split
+        # it the same way (tests/unit/perf/test_perf_parsers.py).
+        scheme, raw_host, rest = plain.group(1, 2, 3)
+        host = canonical_host(raw_host)
+        if host is None:
+            return None
+        rest, _, fragment = rest.partition("#")
+        path, _, query = rest.partition("?")
+        return UrlParts(scheme, host, "", path.replace("\\", "/"), query, fragment)
+    return _url_parts_general(url)
+
+
+def _url_parts_general(url: str) -> UrlParts | None:
     split = _split(_browser_clean(url))
     if split is None:
         return None
@@ -263,6 +275,8 @@ def _trim(url: str) -> str:
 
     Counts are taken once and updated while trimming, so this is linear in ``len(url)``.
     """
+    if url and url[-1] not in _TRIM_CANDIDATES:
+        return url  # the loop below would stop at once (most URLs end in a letter or "/")
     opened = {opener: url.count(opener) for opener in _CLOSING_BRACKETS.values()}
     closed = {closer: url.count(closer) for closer in _CLOSING_BRACKETS}
     end = len(url)
@@ -395,10 +409,25 @@ def _split(url: str) -> tuple[str, str, str] | None:
     return scheme, authority, rest
 
 
+# A lower-case http(s)/ftp URL whose authority is a plain host name (most links): the general
+# path below would rebuild exactly the same string.
+_PLAIN_URL = re.compile(r"(?:https?|ftp)://[a-z0-9.-]+(?:[/?#\\].*)?", re.DOTALL)
+# The same without any control character or space, which browser cleaning would touch.
+_PLAIN_CLEAN_URL = re.compile(r"(https?|ftp)://([a-z0-9.-]+)((?:[/?#\\][^\x00-\x20]*)?)")
+
+
 def _normalise(url: str) -> str | None:
     """``scheme://authority rest`` with scheme and host lower-cased; None if the host is bad."""
+    if _PLAIN_URL.fullmatch(url) is not None:
+        return url if url_parts(url) is not None else None
+    return _normalise_general(url)
+
+
+def _normalise_general(url: str) -> str | None:
     parts = _split(url)
-    if parts is None or url_host(url) is None:
+    if parts is None:
+        return None
+    if url_parts(url) is None:  # the host or port is invalid
         return None
     scheme, authority, rest = parts
     userinfo, at, host_port = authority.rpartition("@")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _MAX_CHARS = 8192
 _MAX_RESULTS = 64
@@ -53,13 +54,15 @@ def _split_top(text: str, sep: str) -> list[str]:
     depth = 0
     quoted = False
     start = 0
-    escaped = False
-    for i, ch in enumerate(text):
-        if escaped:
-            escaped = False
+    skip = -1  # index of a character escaped by a backslash
+    # Only the characters that change the state are visited (C-level search), not every one.
+    for m in _special_chars(sep).finditer(text):
+        i = m.start()
+        if i == skip:
             continue
+        ch = m.group()
         if ch == "\\":
-            escaped = True
+            skip = i + 1
         elif ch == '"' and depth == 0:
             quoted = not quoted
         elif quoted:
@@ -75,7 +78,13 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
+@lru_cache(maxsize=8)
+def _special_chars(sep: str) -> re.Pattern[str]:
+    return re.compile("[" + re.escape("\\\"()" + sep) + "]")
+
+
 _INNER_COMMENT = re.compile(r"\(([^()]*)\)")
+_PLAIN_COMMENTS = re.compile(r'[^()"\\]*+(?:\([^();"\\]*+\)[^()"\\]*+)*+')
 
 
 def _strip_comments(text: str) -> tuple[str, str]:
@@ -93,30 +102,43 @@ def _strip_comments(text: str) -> tuple[str, str]:
         if stripped == text:
             break
         text = stripped
+        if "(" not in text:
+            break  # another pass could not change anything
     return text, " ".join(comments)
 
 
 def parse_authentication_results(value: str, index: int = 0) -> AuthResultsHeader:
     text = value[:_MAX_CHARS]
-    # Fast path: without quoted strings or comments a plain split is the same split.
-    segments = text.split(";") if '"' not in text and "(" not in text else _split_top(text, ";")
+    # Fast paths: without quoted strings or comments a plain split is the same split; so it is
+    # when the comments are flat and hold no ";", '"' or backslash (Exchange's "(sender IP
+    # is ...)") -- _split_top would find the same semicolons.
+    if '"' not in text and ("(" not in text or _PLAIN_COMMENTS.fullmatch(text)):
+        segments = text.split(";")
+    else:
+        segments = _split_top(text, ";")
     authserv_id: str | None = None
-    first, _ = _strip_comments(segments[0])
-    if not _METHOD.match(first.strip()):
+    first, first_comment = _strip_comments(segments[0])
+    first = first.strip()
+    first_method = _METHOD.match(first)
+    if not first_method:
         # RFC 8601: authserv-id [CFWS authres-version] first; Microsoft omits it.
         tokens = first.split()
         authserv_id = tokens[0].lower() if tokens else ""
         segments = segments[1:]
     results: list[MethodResult] = []
-    for segment in segments:
+    for n, segment in enumerate(segments):
         if len(results) >= _MAX_RESULTS:
             break
-        plain, comment = _strip_comments(segment)
-        plain = plain.strip()
-        m = _METHOD.match(plain)
+        m: re.Match[str] | None
+        if n == 0 and first_method:
+            plain, comment, m = first, first_comment, first_method  # already read above
+        else:
+            plain, comment = _strip_comments(segment)
+            plain = plain.strip()
+            m = _METHOD.match(plain)
         if not m:
             continue  # "none", Microsoft's stray domain token, or junk
-        props = tuple((k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end() :]))
+        props = tuple([(k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end() :])])
         results.append(MethodResult(m.group(1).lower(), m.group(2).lower(), props, comment))
     return AuthResultsHeader(authserv_id, tuple(results), index, value)
 

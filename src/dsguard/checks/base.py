@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dsguard.attachments.qr import QrScan
@@ -18,7 +17,7 @@ from dsguard.auth.summary import AuthSummary
 from dsguard.config import Config
 from dsguard.mail.addresses import AddressField, Mailbox, domain_of
 from dsguard.mail.envelope import HopAnalysis
-from dsguard.mail.message import Attachment, ParsedMessage
+from dsguard.mail.message import Attachment, ParsedMessage, lazy_attribute
 from dsguard.model import Attribution, AttributionKind, Envelope
 from dsguard.policy.domains import AcceptedDomains
 
@@ -81,7 +80,7 @@ class Facts:
         self.hops = hops
 
     # -- sender and organisation --------------------------------------------------------------
-    @cached_property
+    @lazy_attribute
     def p1_domain(self) -> str | None:
         mf = self.envelope.mail_from
         return domain_of(mf) or None if mf else None
@@ -94,41 +93,41 @@ class Facts:
     def anonymous(self) -> bool:
         return self.attribution.kind is AttributionKind.ANONYMOUS
 
-    @cached_property
+    @lazy_attribute
     def p1_accepted(self) -> bool:
         return self.accepted.matches(self.p1_domain)
 
-    @cached_property
+    @lazy_attribute
     def identity_fields(self) -> tuple[AddressField, ...]:
         """From plus the fields mail clients show in its place (Sender, Resent-From)."""
         msg = self.message
         return msg.from_fields + msg.address_fields("sender") + msg.address_fields("resent-from")
 
-    @cached_property
+    @lazy_attribute
     def header_from(self) -> Mailbox | None:
         for field in self.message.from_fields:
             if field.first is not None:
                 return field.first
         return None
 
-    @cached_property
+    @lazy_attribute
     def claimed_domains(self) -> tuple[str, ...]:
         out: list[str] = []
         for field in self.identity_fields:
             out.extend(field.claimed_domains)
         return tuple(dict.fromkeys(out))
 
-    @cached_property
+    @lazy_attribute
     def own_claims(self) -> tuple[str, ...]:
         """Accepted domains the header From (or Sender / Resent-From) claims."""
         return tuple(d for d in self.claimed_domains if self.accepted.matches(d))
 
-    @cached_property
+    @lazy_attribute
     def own_unproven(self) -> tuple[str, ...]:
         """Own-domain claims with no aligned DKIM/SPF pass behind them."""
         return tuple(d for d in self.own_claims if not self.auth.proof_for(d))
 
-    @cached_property
+    @lazy_attribute
     def poses_as_organisation(self) -> bool:
         """Anonymous mail that shows the organisation's domain: in the envelope, in a From /
         Sender / Resent-From address, or as an address in the From display name."""
@@ -142,12 +141,12 @@ class Facts:
             for a in fld.display_name_addresses
         )
 
-    @cached_property
+    @lazy_attribute
     def direct_send(self) -> bool:
         """Microsoft's definition: anonymous, no connector, accepted-domain P1."""
         return self.anonymous and self.p1_accepted
 
-    @cached_property
+    @lazy_attribute
     def p1_authenticated(self) -> bool:
         """The accepted-domain envelope sender is proven by SPF or aligned DKIM."""
         d = self.p1_domain or ""
@@ -161,7 +160,7 @@ class Facts:
     def spoof_p2(self) -> bool:
         return self.anonymous and bool(self.own_unproven)
 
-    @cached_property
+    @lazy_attribute
     def auth_failed(self) -> bool:
         a = self.auth
         return (
@@ -171,13 +170,13 @@ class Facts:
             or (any(r == "fail" for r, _ in a.dkim) and not any(r == "pass" for r, _ in a.dkim))
         )
 
-    @cached_property
+    @lazy_attribute
     def recipients(self) -> tuple[str, ...]:
         rcpts = list(self.envelope.rcpt_to) + list(self.message.recipients)
         return tuple(dict.fromkeys(r.lower() for r in rcpts))
 
     # -- content ------------------------------------------------------------------------------
-    @cached_property
+    @lazy_attribute
     def links(self) -> Links:
         body = self.message.body
         limit = self.config.limits.max_urls
@@ -193,7 +192,7 @@ class Facts:
             hit = hit or over
         return Links(tuple(dict.fromkeys(urls)), hit)
 
-    @cached_property
+    @lazy_attribute
     def qr_results(self) -> tuple[QrResult, ...]:
         limits = self.config.limits
         if not limits.decode_qr:
@@ -231,7 +230,7 @@ class Facts:
                 break
         return tuple(out)
 
-    @cached_property
+    @lazy_attribute
     def qr_urls(self) -> tuple[str, ...]:
         out: list[str] = []
         for result in self.qr_results:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 
 from dsguard.attachments.urls import is_ip_literal_host, url_host
 from dsguard.checks.base import Facts, Hit
+from dsguard.checks.lurescan import iter_matches, register_finder
 
 _TAG = re.compile(r"<[^>]{0,2000}>")
 _LURE_TEXT_CHARS = 16 * 1024
@@ -28,7 +29,10 @@ def compile_lures(patterns: Mapping[str, tuple[str, ...]]) -> re.Pattern[str]:
         for finding_id, regexes in patterns.items()
         if regexes
     ]
-    return re.compile("|".join(groups) or r"(?!)")
+    compiled = re.compile("|".join(groups) or r"(?!)")
+    # A faster way to find the same matches, when the phrases allow it (checks.lurescan).
+    register_finder(compiled, [p.lower() for regexes in patterns.values() for p in regexes])
+    return compiled
 
 
 def check_lures(f: Facts, lures: re.Pattern[str]) -> Iterator[Hit]:
@@ -46,12 +50,11 @@ def check_lures(f: Facts, lures: re.Pattern[str]) -> Iterator[Hit]:
     wanted = len(lures.groupindex)
     found: dict[str, Hit] = {}
     for where, text in places:
-        for m in lures.finditer(text.lower()):
-            finding_id = m.lastgroup
+        for start, end, finding_id in iter_matches(lures, text.lower()):
             if finding_id is None or finding_id in found:
                 continue
-            shown = text[m.start() : m.end()]
-            context = text[max(0, m.start() - 30) : m.end() + 30].strip()
+            shown = text[start:end]
+            context = text[max(0, start - 30) : end + 30].strip()
             found[finding_id] = Hit(
                 finding_id, f"lure wording in the {where}: {shown!r}", f"{where}: {context}"
             )

@@ -84,8 +84,8 @@ def check(f: Facts) -> Iterator[Hit]:
                         f"Reply-To: {fld.raw[:120]}",
                     )
                     break
-    for h in msg.headers:
-        if h.malformed and (h.key.strip() in _IDENTITY or "hides" in h.malformed):
+    for h in msg.malformed_fields:
+        if h.key.strip() in _IDENTITY or "hides" in h.malformed:
             yield Hit(
                 "HDR_MALFORMED_NAME",
                 f"malformed {h.name!r} field: {h.malformed}",

@@ -16,16 +16,21 @@ from dsguard.mail.microsoft import scl_value
 from dsguard.model import EnvelopeOrigin
 
 _BARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_ADDRESS_CHARS = "0123456789abcdef.:"
 
 
 def _helo_kind(helo: str) -> str | None:
     h = helo.strip().lower().rstrip(".")
     literal = h[1:-1] if h.startswith("[") and h.endswith("]") else h
     literal = literal.removeprefix("ipv6:")
-    try:
-        ip = ipaddress.ip_address(literal)
-    except ValueError:
-        ip = None
+    ip = None
+    # Only hex digits, dots, colons (and a "%" zone) can make an address; a host name is
+    # refused here without ipaddress raising (and catching) two exceptions.
+    if "%" in literal or not literal.strip(_ADDRESS_CHARS):
+        try:
+            ip = ipaddress.ip_address(literal)
+        except ValueError:
+            ip = None
     if ip is not None:
         return "loopback" if ip.is_loopback or ip.is_unspecified else "literal"
     if h in ("localhost", "localhost.localdomain", "localhost6", "localdomain"):

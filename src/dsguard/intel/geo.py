@@ -12,10 +12,14 @@ address. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are looked up as IPv4.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 import iptocc
 
 
+# Cached: a mailbox holds the same sending addresses again and again, and a lookup costs
+# several microseconds. The answer depends only on the bundled registry data.
+@lru_cache(maxsize=16384)
 def country_of(ip: str) -> str | None:
     """ISO 3166 alpha-2 code of the registry record for ``ip`` ("PL"), or None.
 

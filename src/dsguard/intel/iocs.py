@@ -46,6 +46,7 @@ from dsguard.intel.hosting import SuffixSet
 BUNDLED_SOURCE = "bundled"
 MAX_LIST_BYTES = 64 * 1024 * 1024
 _MIN_PREFIX = {4: 8, 6: 16}
+_IP_ANSWERS_MAX = 16384
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ftp": "21", "ws": "80", "wss": "443"}
 
 _COMMENT_START = re.compile(r"(?:^|\s)#")
@@ -74,6 +75,9 @@ class IocDB:
         self._domain_suffixes = SuffixSet(())
         self._urls: dict[_UrlKey, IocMatch] = {}
         self._count = 0
+        # match_ip answers by address string: the connecting IP of every message is looked up,
+        # and a mailbox's senders recur. Bounded; cleared whenever the lists change.
+        self._ip_answers: dict[str, IocMatch | None] = {}
 
     @classmethod
     def load(cls, files: Sequence[str] = (), *, bundled: bool = True) -> Self:
@@ -93,6 +97,16 @@ class IocDB:
     # Lookups ----------------------------------------------------------------------------
     def match_ip(self, ip: str) -> IocMatch | None:
         """A listed address equal to ``ip``, or the most specific listed range holding it."""
+        answers = self._ip_answers
+        if ip in answers:
+            return answers[ip]
+        found = self._match_ip(ip)
+        if len(answers) >= _IP_ANSWERS_MAX:
+            answers.clear()
+        answers[ip] = found
+        return found
+
+    def _match_ip(self, ip: str) -> IocMatch | None:
         try:
             address = ipaddress.ip_address(ip.strip().removeprefix("[").removesuffix("]"))
         except ValueError:
@@ -200,6 +214,7 @@ class IocDB:
         return None
 
     def _insert(self, table: dict[_Key, IocMatch], key: _Key, match: IocMatch) -> None:
+        self._ip_answers.clear()
         if key not in table:
             table[key] = match
             self._count += 1

@@ -27,10 +27,13 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import NamedTuple
 
 from dsguard.auth.results import AuthResultsHeader, parse_authentication_results, parse_received_spf
 from dsguard.config import Trust
 from dsguard.mail.addresses import domain_of, parse_path
+from dsguard.mail.headers import Header
 from dsguard.mail.message import ParsedMessage
 from dsguard.mail.microsoft import is_exo_frontend, is_exo_internal, parse_forefront
 from dsguard.mail.received import ReceivedHop, parse_received
@@ -38,6 +41,7 @@ from dsguard.model import Envelope, EnvelopeOrigin
 from dsguard.policy.domains import org_domain
 
 MAX_HOPS = 100
+_ENVELOPE_FROM_COMMENT = re.compile(r"envelope-from <([^<>]*)>")
 _RECEIVER_ZONE = frozenset(
     {
         "received-spf",
@@ -96,19 +100,39 @@ class HopAnalysis:
 
 
 class _Internal:
-    def __init__(self, trust: Trust) -> None:
+    """Is a client IP an internal relay? Built once per network list (``_internal_for``) and
+    remembers its answers: the same relays recur in every message of a mailbox."""
+
+    _MAX_KNOWN = 4096
+
+    def __init__(self, internal_networks: tuple[str, ...]) -> None:
         self.networks = _ALWAYS_INTERNAL + tuple(
-            ipaddress.ip_network(n) for n in trust.internal_networks
+            ipaddress.ip_network(n) for n in internal_networks
         )
+        self._known: dict[str, bool] = {}
 
     def __call__(self, ip: str | None) -> bool:
         if ip is None:
             return True  # a hop with no recorded client (local pickup) is not the boundary
+        known = self._known.get(ip)
+        if known is None:
+            known = self._check(ip)
+            if len(self._known) >= self._MAX_KNOWN:
+                self._known.clear()
+            self._known[ip] = known
+        return known
+
+    def _check(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return True
         return any(addr.version == n.version and addr in n for n in self.networks)
+
+
+@lru_cache(maxsize=16)
+def _internal_for(internal_networks: tuple[str, ...]) -> _Internal:
+    return _Internal(internal_networks)
 
 
 def _matches_any(host: str | None, patterns: tuple[str, ...]) -> bool:
@@ -118,14 +142,44 @@ def _matches_any(host: str | None, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(h, p.lower()) for p in patterns)
 
 
+class _Fields(NamedTuple):
+    """Where the fields this module reads are, found in one pass over the header section."""
+
+    received: list[tuple[int, str]]  # (position, value) of each Received field
+    auth_results: list[int]  # positions of Authentication-Results fields
+    received_spf: list[int]  # positions of Received-SPF fields
+    first_org_stamp: Header | None  # the first X-MS-Exchange-Organization-* field
+
+
+def _find_fields(msg: ParsedMessage) -> _Fields:
+    received: list[tuple[int, str]] = []
+    auth_results: list[int] = []
+    received_spf: list[int] = []
+    first_org: Header | None = None
+    for i, h in enumerate(msg.headers):
+        key = h.key
+        kind = _TRACE_FIELDS.get(key)
+        if kind is None:
+            if first_org is None and key.startswith("x-ms-exchange-organization-"):
+                first_org = h
+        elif kind == 0:
+            received.append((i, h.value))
+        elif kind == 1:
+            auth_results.append(i)
+        else:
+            received_spf.append(i)
+    return _Fields(received, auth_results, received_spf, first_org)
+
+
+_TRACE_FIELDS = {"received": 0, "authentication-results": 1, "received-spf": 2}
+
+
 class _LazyHops:
     """Received lines parsed top-down on demand: every walk below stops at the boundary, and
     most messages carry more trace lines below it than above."""
 
-    def __init__(self, msg: ParsedMessage) -> None:
-        self._raw = [(i, h.value) for i, h in enumerate(msg.headers) if h.key == "received"][
-            :MAX_HOPS
-        ]
+    def __init__(self, received: list[tuple[int, str]]) -> None:
+        self._raw = received[:MAX_HOPS]
         self._parsed: list[ReceivedHop] = []
 
     def __len__(self) -> int:
@@ -157,8 +211,9 @@ def _exo_boundary(hops: _LazyHops) -> tuple[ReceivedHop | None, bool]:
 
 
 def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
-    hops = _LazyHops(msg)
-    is_internal = _Internal(trust)
+    fields = _find_fields(msg)
+    hops = _LazyHops(fields.received)
+    is_internal = _internal_for(tuple(trust.internal_networks))
     notes: list[str] = []
 
     boundary: ReceivedHop | None = None
@@ -223,10 +278,9 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
         while zone_end < len(msg.headers) and msg.headers[zone_end].key in _RECEIVER_ZONE:
             zone_end += 1
     below_ok = True
-    for i, h in enumerate(msg.headers):
-        if h.key != "authentication-results":
-            continue
-        ar = parse_authentication_results(h.value, i)
+    headers = msg.headers
+    for i in fields.auth_results:
+        ar = parse_authentication_results(headers[i].value, i)
         if (i < boundary_index and is_ours(ar)) or (
             below_ok and boundary_index < i < zone_end and is_ours(ar)
         ):
@@ -242,12 +296,12 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
                 impersonating.append(ar)
 
     received_spf = None
-    for i, h in enumerate(msg.headers):
-        if h.key == "received-spf" and (i < boundary_index or boundary_index < i < zone_end):
-            received_spf = parse_received_spf(h.value)
+    for i in fields.received_spf:
+        if i < boundary_index or boundary_index < i < zone_end:
+            received_spf = parse_received_spf(headers[i].value)
             break
 
-    exo, forged = _exo_stamps(msg, profile, boundary)
+    exo, forged = _exo_stamps(msg, profile, boundary, fields.first_org_stamp)
     envelope = _build_envelope(msg, profile, boundary, trusted, received_spf, exo)
     return HopAnalysis(
         envelope=envelope,
@@ -266,21 +320,21 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
 
 
 def _exo_stamps(
-    msg: ParsedMessage, profile: str, boundary: ReceivedHop | None
+    msg: ParsedMessage, profile: str, boundary: ReceivedHop | None, first_org: Header | None
 ) -> tuple[ExoStamps | None, list[str]]:
-    org_headers = [h for h in msg.headers if h.key.startswith("x-ms-exchange-organization-")]
     xfar_headers = msg.get_all("x-forefront-antispam-report")
     if profile not in ("microsoft365", "microsoft365-internal"):
         forged = []
-        if org_headers:
-            forged.append(f"{org_headers[0].name}: {org_headers[0].value[:80]}")
+        if first_org is not None:
+            forged.append(f"{first_org.name}: {first_org.value[:80]}")
         return None, forged
     forged = []
 
     def one(key: str) -> str | None:
-        values = [h.value.strip() for h in msg.get_all(key)]
-        if not values:
-            return None
+        found = msg.get_all(key)
+        if len(found) < 2:  # the usual case: one stamp or none, nothing can conflict
+            return found[0].value.strip() if found else None
+        values = [h.value.strip() for h in found]
         if len(set(v.lower() for v in values)) > 1:
             forged.append(f"conflicting {key} values: {', '.join(values[:3])}")
             # The conservative reading: anonymous beats any claim of being internal.
@@ -386,7 +440,7 @@ def _build_envelope(
             mail_from = parse_path(env) or env
             evidence.append(f"Received-SPF envelope-from={env}")
     if mail_from is None and boundary is not None:
-        m = re.search(r"envelope-from <([^<>]*)>", boundary.raw)
+        m = _ENVELOPE_FROM_COMMENT.search(boundary.raw)
         if m:
             mail_from = m.group(1)
 

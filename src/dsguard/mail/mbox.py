@@ -50,21 +50,29 @@ class MboxMessage:
 class _Accumulator:
     """The message being assembled: stores up to ``limit`` bytes and counts the rest."""
 
-    __slots__ = ("buffer", "has_content", "limit", "size")
+    __slots__ = ("has_content", "limit", "pieces", "size", "stored")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.buffer = bytearray()
+        # Pieces joined once at the end: a message read in one piece is passed on without
+        # being copied (b"".join of one bytes object returns it).
+        self.pieces: list[bytes] = []
+        self.stored = 0
         self.size = 0
         self.has_content = False
 
     def add(self, piece: bytes) -> None:
         self.size += len(piece)
-        room = self.limit - len(self.buffer)
+        room = self.limit - self.stored
         if room > 0:
-            self.buffer += piece[:room]
-        if not self.has_content and piece.strip():
-            self.has_content = True
+            kept = piece[:room]
+            self.pieces.append(kept)
+            self.stored += len(kept)
+        if not self.has_content and _NOT_WHITESPACE.search(piece) is not None:
+            self.has_content = True  # what piece.strip() being non-empty says, without a copy
+
+    def data(self) -> bytes:
+        return b"".join(self.pieces)
 
 
 def _unquote_from(line: bytes) -> bytes:
@@ -76,7 +84,22 @@ def _unquote_from(line: bytes) -> bytes:
 
 
 _BLOCK = 256 * 1024
-_SEPARATOR_LINE = re.compile(rb"^From ", re.MULTILINE)
+_LINE_START_FROM = b"\nFrom "
+_NOT_WHITESPACE = re.compile(rb"[^ \t\n\r\x0b\x0c]")  # bytes.strip() removes exactly these
+
+
+def _from_line_starts(region: bytes) -> Iterator[int]:
+    """Offsets of the lines of ``region`` that start with "From ", in order: what
+    ``re.finditer(rb"^From ", region, re.MULTILINE)`` finds, with ``bytes.find`` (a regex
+    anchored at line starts is tried at every byte; find skips ahead in C)."""
+    if region.startswith(SEPARATOR_PREFIX):
+        yield 0
+    p = region.find(_LINE_START_FROM)
+    while p != -1:
+        yield p + 1
+        p = region.find(_LINE_START_FROM, p + 1)
+
+
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 
 
@@ -168,8 +191,7 @@ def split_mbox(stream: BinaryIO, *, max_message_bytes: int) -> Iterator[MboxMess
             continue
         region, buf = buf[:limit], buf[limit:]
         start = 0  # where the pending content of the current message begins in region
-        for m in _SEPARATOR_LINE.finditer(region):
-            p = m.start()
+        for p in _from_line_starts(region):
             if p == 0:
                 is_sep = first_line or prev_empty
                 empty_len = 0
@@ -220,7 +242,7 @@ def _finish(message: _Accumulator, position: int) -> MboxMessage | None:
         return None
     return MboxMessage(
         index=position,
-        data=bytes(message.buffer),
+        data=message.data(),
         size=message.size,
-        truncated=message.size > len(message.buffer),
+        truncated=message.size > message.stored,
     )

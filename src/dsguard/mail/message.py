@@ -16,13 +16,49 @@ import binascii
 import email.parser
 import email.policy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from functools import cached_property
+from itertools import pairwise
+from typing import Any, Generic, Self, TypeVar, overload
 
 from dsguard.config import Limits
 from dsguard.mail.addresses import AddressField, decode_words, parse_address_field
 from dsguard.mail.headers import Header, split_headers
+
+_T = TypeVar("_T")
+
+
+class lazy_attribute(Generic[_T]):  # noqa: N801 -- used as a decorator, like cached_property
+    """``functools.cached_property`` without its lock: computed on first access and stored in
+    the instance ``__dict__`` under the same name (later reads never reach this descriptor).
+
+    Python 3.11's cached_property takes a class-wide RLock on every first access (removed in
+    3.12, gh-87634); a scan reads some twenty such values per message, where the lock cost as
+    much as the work. Two threads reading the same new value at once may both compute it; the
+    values here are pure functions of the message, so either result is the same.
+    """
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> _T: ...
+
+    def __get__(self, obj: object | None, objtype: type | None = None) -> Self | _T:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
 
 _ATTACHMENT_TYPES_TEXT = ("text/plain", "text/html")
 _CHARSET = re.compile(r"charset\s*=\s*(\"[^\"]{1,40}\"|[^\s;]{1,40})", re.IGNORECASE)
@@ -68,9 +104,17 @@ class ParsedMessage:
         if block.limit_hit:
             self.limit_hits.append(("LIMIT_HEADERS", f"{block.limit_hit} reached"))
         index: dict[str, list[Header]] = {}
+        malformed: list[Header] = []
         for h in self.headers:
-            index.setdefault(h.key.strip(), []).append(h)
+            if h.malformed:
+                malformed.append(h)
+                index.setdefault(h.key.strip(), []).append(h)
+            else:
+                # Only a malformed field can have whitespace around its name (split_headers).
+                index.setdefault(h.key, []).append(h)
         self._index = index
+        # The fields split_headers flagged, in order (most messages have none).
+        self.malformed_fields: tuple[Header, ...] = tuple(malformed)
 
     # -- headers ----------------------------------------------------------------------------
     def get_all(self, key: str) -> list[Header]:
@@ -86,23 +130,23 @@ class ParsedMessage:
                 return i
         return -1
 
-    @cached_property
+    @lazy_attribute
     def subject(self) -> str | None:
         value = self.first("subject")
         return None if value is None else decode_words(value)
 
-    @cached_property
+    @lazy_attribute
     def message_id(self) -> str | None:
         return self.first("message-id")
 
-    @cached_property
+    @lazy_attribute
     def from_fields(self) -> tuple[AddressField, ...]:
         return tuple(parse_address_field(h.value) for h in self.get_all("from"))
 
     def address_fields(self, key: str) -> tuple[AddressField, ...]:
         return tuple(parse_address_field(h.value) for h in self.get_all(key))
 
-    @cached_property
+    @lazy_attribute
     def recipients(self) -> tuple[str, ...]:
         out: list[str] = []
         for key in ("to", "cc"):
@@ -111,7 +155,7 @@ class ParsedMessage:
         return tuple(dict.fromkeys(out))
 
     # -- body -------------------------------------------------------------------------------
-    @cached_property
+    @lazy_attribute
     def body(self) -> Body:
         body = Body()
         if not self.has_body:
@@ -119,7 +163,8 @@ class ParsedMessage:
         if self._single_text_part(body):
             return body
         try:
-            _collect(self._mime_root(), body, self.limits)
+            root = self._flat_multipart_root()
+            _collect(root if root is not None else self._mime_root(), body, self.limits)
         except RecursionError:
             body.defects.append("MIME nesting too deep for the parser")
             body.limit_hits.append(("LIMIT_MIME_DEPTH", "parser recursion limit"))
@@ -161,14 +206,130 @@ class ParsedMessage:
         (body.htmls if ctype == "text/html" else body.texts).append(text)
         return True
 
-    def _mime_root(self) -> Message:
-        # Feed the parser only the MIME headers and the body: the header section was already
+    def _mime_head(self) -> bytes:
+        # Only the MIME headers and the body go to the parser: the header section was already
         # read, and re-parsing hundreds of Received/X-MS lines is the slow part of stdlib parsing.
         keep = ("content-type", "content-transfer-encoding", "mime-version", "content-disposition")
         lines = [f"{h.name}: {h.value}" for h in self.headers if h.key in keep and not h.malformed]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace")
+
+    def _mime_root(self) -> Message:
         parser = email.parser.BytesParser(policy=email.policy.compat32)
-        return parser.parsebytes(head + self.raw[self.body_offset :])
+        return parser.parsebytes(self._mime_head() + self.raw[self.body_offset :])
+
+    def _flat_multipart_root(self) -> Message | None:
+        """The tree ``_mime_root`` builds, for a multipart whose parts are not multiparts
+        themselves and whose structure is clean; None for anything else.
+
+        The stdlib parser takes a Python step per body line, so a message with a base64
+        attachment costs it hundreds of microseconds. Here the body is cut at the boundary
+        lines with ``str.find``, and the stdlib still parses the root's and each part's header
+        block and decodes every payload, so content types, parameters, file names, charsets,
+        transfer encodings and header defects mean exactly what they meant. Any shape whose
+        parse involves more than that -- a missing start or close boundary, adjacent boundary
+        lines, a part without its blank line, nested multiparts or message/* parts, a bare CR,
+        a "From " header line, multipart/digest -- is left to the parser
+        (tests/unit/perf/test_perf_multipart.py compares both on hostile structures).
+        """
+        try:
+            return self._flat_multipart_root_or_none()
+        except Exception:
+            return None  # the general path decides what this input means
+
+    def _flat_multipart_root_or_none(self) -> Message | None:
+        ctype = (self.first("content-type") or "").lstrip().lower()
+        if not ctype.startswith("multipart/") or ctype.startswith("multipart/digest"):
+            return None
+        compat = email.policy.compat32
+        root = email.parser.BytesParser(policy=compat).parsebytes(
+            self._mime_head(), headersonly=True
+        )
+        if root.defects or root.get_content_maintype() != "multipart":
+            return None
+        if root.get_content_type() == "multipart/digest":
+            return None  # parts default to message/rfc822 there
+        boundary = root.get_boundary()
+        if not boundary:
+            return None
+        if str(root.get("content-transfer-encoding", "8bit")).lower() not in _MULTIPART_CTES:
+            return None  # the parser records a defect for these
+        # BytesParser reads bytes as ASCII with surrogateescape; lines end at CRLF, CR or LF.
+        text = self.raw[self.body_offset :].decode("ascii", "surrogateescape")
+        if text.count("\r") != text.count("\r\n"):
+            return None  # a bare CR ends a line for the parser; not handled here
+        separator = "--" + boundary
+        marks: list[tuple[int, int, bool]] = []  # (line start, line end, closing?) per boundary
+        at = text.find(separator)
+        while at != -1:
+            if at == 0 or text[at - 1] == "\n":
+                eol = text.find("\n", at)
+                end = len(text) if eol == -1 else eol + 1
+                closing = _boundary_line(text[at + len(separator) : end])
+                if closing is not None:
+                    marks.append((at, end, closing))
+            at = text.find(separator, at + 1)
+        if not marks or marks[0][2]:
+            return None  # no start boundary
+        parts: list[Message | str] = []
+        parser = email.parser.Parser(policy=compat)
+        # Each part runs from the end of one delimiter line to the start of the next boundary
+        # line; the first close delimiter ends the multipart (what follows is epilogue).
+        for (_, start, _), (next_at, _, next_closing) in pairwise(marks):
+            if next_at == start:
+                return None  # adjacent boundary lines: the parser skips them its own way
+            part = _flat_part(parser, text, start, next_at)
+            if part is None:
+                return None
+            parts.append(part)
+            if next_closing:
+                break
+        else:
+            return None  # no close boundary: a defect for the parser
+        root.set_payload(parts)
+        return root
+
+
+_MULTIPART_CTES = ("7bit", "8bit", "binary")
+# The stdlib feedparser's header-line test (email.feedparser.headerRE).
+_PART_HEADER_LINE = re.compile(r"^(From |[\041-\071\073-\176]*:|[\t ])")
+
+
+def _boundary_line(rest: str) -> bool | None:
+    """What follows "--boundary" on a line: True for a close delimiter, False for a part
+    delimiter, None when it is no delimiter line. The feedparser's test, without compiling a
+    pattern per boundary: ``(--)?[ \\t]*(\\r\\n|\\r|\\n)?$``."""
+    closing = rest.startswith("--")
+    if closing:
+        rest = rest[2:]
+    return closing if rest.lstrip(" \t") in ("", "\n", "\r\n", "\r") else None
+
+
+def _flat_part(parser: email.parser.Parser, text: str, start: int, end: int) -> Message | None:
+    """One part between two boundary lines, parsed as the feedparser would: header lines up to
+    a blank line, then the payload without the line ending that belongs to the next boundary."""
+    pos = start
+    while True:
+        eol = text.find("\n", pos, end)
+        if eol == -1:
+            return None  # no blank line before the next boundary
+        line = text[pos : eol + 1]
+        if line in ("\n", "\r\n"):
+            break
+        if not _PART_HEADER_LINE.match(line) or line.startswith("From "):
+            return None  # the parser would record a defect or an envelope line
+        pos = eol + 1
+    part = parser.parsestr(text[start : eol + 1], headersonly=True)
+    if part.get_content_maintype() in ("multipart", "message"):
+        return None
+    payload = text[eol + 1 : end]
+    # The feedparser strips NLCRE_eol.search(payload); testing the end is the same (and does
+    # not try the pattern at every character of a large attachment).
+    if payload.endswith("\r\n"):
+        payload = payload[:-2]
+    elif payload.endswith(("\r", "\n")):
+        payload = payload[:-1]
+    part.set_payload(payload)
+    return part
 
 
 def _part_filename(part: Message) -> str:

@@ -27,12 +27,39 @@ _EXO_INTERNAL = re.compile(
 MAX_XFAR_FIELDS = 64
 
 
+# The same tests as the patterns above, as str.endswith: "$" in the patterns also matches
+# before a final newline, so names with a newline take the pattern.
+_EXO_FRONTEND_SUFFIXES = tuple(
+    ".mail.protection." + zone
+    for zone in ("outlook.com", "outlook.de", "office365.us", "partner.outlook.cn")
+)
+_EXO_INTERNAL_ZONES = (
+    "outlook.com",
+    "outlook.de",
+    "office365.us",
+    "partner.outlook.cn",
+    "exchangelabs.com",
+    "outlook.office365.com",
+)
+_EXO_INTERNAL_SUFFIXES = tuple("." + zone for zone in _EXO_INTERNAL_ZONES)
+
+
 def is_exo_frontend(host: str | None) -> bool:
-    return bool(host) and _EXO_FRONTEND.search(host.lower().rstrip(".")) is not None  # type: ignore[union-attr]
+    if not host:
+        return False
+    h = host.lower().rstrip(".")
+    if "\n" in h:
+        return _EXO_FRONTEND.search(h) is not None
+    return h.endswith(_EXO_FRONTEND_SUFFIXES)
 
 
 def is_exo_internal(host: str | None) -> bool:
-    return bool(host) and _EXO_INTERNAL.search(host.lower().rstrip(".")) is not None  # type: ignore[union-attr]
+    if not host:
+        return False
+    h = host.lower().rstrip(".")
+    if "\n" in h:
+        return _EXO_INTERNAL.search(h) is not None
+    return h.endswith(_EXO_INTERNAL_SUFFIXES) or h in _EXO_INTERNAL_ZONES
 
 
 def parse_forefront(value: str) -> dict[str, str]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _MAX_CHARS = 4096
 _MAX_DEPTH = 8
 _KEYWORDS = frozenset({"from", "by", "via", "with", "id", "for"})
+_LONGEST_KEYWORD = max(len(k) for k in _KEYWORDS)
 _BRACKET_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
 _BARE_IP = re.compile(
     r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])"
@@ -43,7 +45,10 @@ class ReceivedHop:
     date: str | None
 
 
+@lru_cache(maxsize=4096)
 def _valid_ip(text: str) -> str | None:
+    # Cached: the same relay and client addresses recur across a mailbox, and ipaddress
+    # parsing costs microseconds.
     try:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
@@ -51,10 +56,14 @@ def _valid_ip(text: str) -> str | None:
 
 
 _TOKEN = re.compile(r"[()]|[^\s()]+")
+# Text whose parentheses are all balanced pairs without nesting (what _clauses_flat takes).
+_FLAT_COMMENTS = re.compile(r"[^()]*+(?:\([^()]*+\)[^()]*+)*+")
+_TLS_COMMENT = re.compile(r"\b(?:TLS1|TLSv1|version=TLS)")
+_DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 
 
-def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
-    """Split into top-level words, each with the comments that follow it; and the date."""
+def _cut_date(value: str) -> tuple[str, str | None]:
+    """The line (capped) without its date, and the date."""
     text = value[:_MAX_CHARS]
     date = None
     # The date follows the last ";" outside comments: one inside a comment has more ")" than
@@ -63,6 +72,12 @@ def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
     if semi != -1 and text.count(")", semi) <= text.count("(", semi):
         date = text[semi + 1 :].strip() or None
         text = text[:semi]
+    return text, date
+
+
+def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
+    """Split into top-level words, each with the comments that follow it; and the date."""
+    text, date = _cut_date(value)
     words: list[tuple[str, list[str]]] = []
     depth = 0
     comment: list[str] = []
@@ -92,8 +107,8 @@ def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
     return words, date
 
 
-def parse_received(value: str, index: int) -> ReceivedHop:
-    words, date = _tokenize(value)
+def _clauses_of_words(words: list[tuple[str, list[str]]]) -> dict[str, tuple[str, list[str]]]:
+    """Keyword -> (first word after it, comments in the clause); the general path."""
     clauses: dict[str, tuple[str, list[str]]] = {}
     current: str | None = None
     for word, comments in words:
@@ -106,6 +121,50 @@ def parse_received(value: str, index: int) -> ReceivedHop:
             continue
         token, existing = clauses[current]
         clauses[current] = (token if token else word, existing + comments)
+    return clauses
+
+
+def _clauses_flat(text: str) -> dict[str, tuple[str, list[str]]] | None:
+    """``_clauses_of_words(_tokenize(...))`` for a line whose comments are balanced and not
+    nested (almost every real one; None for any other), without the tokenizer's step per
+    token: the text between comments is split into words with ``str.split`` and each comment
+    becomes its inner words joined by one space, as the tokenizer does; a comment goes to the
+    clause of the word before it."""
+    clauses: dict[str, tuple[str, list[str]]] = {}
+    current: list[str] | None = None  # comments of the current clause
+    token = ""
+    key = ""
+    pieces = text.split("(")
+    # Flat means (what _FLAT_COMMENTS matches): pieces[0] is top-level text without ")", and
+    # every later piece is "comment)top-level text" with exactly that one ")".
+    if ")" in pieces[0]:
+        return None
+    for n, piece in enumerate(pieces):
+        if n:
+            comment, closed, piece = piece.partition(")")
+            if not closed or ")" in piece:
+                return None
+            if current is not None:
+                current.append(" ".join(comment.split()))
+        for word in piece.split():
+            low = word.lower() if len(word) <= _LONGEST_KEYWORD else ""
+            if low in _KEYWORDS and low not in clauses:
+                if current is not None:
+                    clauses[key] = (token, current)
+                key, token, current = low, "", []
+                clauses[key] = ("", current)  # keeps the keyword order
+            elif current is not None and not token:
+                token = word
+    if current is not None:
+        clauses[key] = (token, current)
+    return clauses
+
+
+def parse_received(value: str, index: int) -> ReceivedHop:
+    text, date = _cut_date(value)
+    clauses = _clauses_flat(text)
+    if clauses is None:
+        clauses = _clauses_of_words(_tokenize(value)[0])
 
     from_name = from_rdns = from_ip = None
     auth_user = None
@@ -113,18 +172,24 @@ def parse_received(value: str, index: int) -> ReceivedHop:
         token, comments = clauses["from"]
         from_name = token or None
         joined = " ".join(comments)
-        m = _BRACKET_IP.search(joined)
+        # Each "x in text" below is a required character of the pattern after it, checked in
+        # C first: most comments have none and the pattern search is skipped.
+        m = _BRACKET_IP.search(joined) if "[" in joined else None
         if m:
             from_ip = _valid_ip(m.group(1))
             before = joined[: m.start()].strip().rstrip(".")
             if before and " " not in before and not before.lower().startswith("helo="):
                 from_rdns = before.lower()
-        if from_ip is None:
+        if from_ip is None and _DOTTED_QUAD.fullmatch(joined):
+            # Exchange's "(10.13.177.89)": the whole comment is the one address the general
+            # search below would find.
+            from_ip = _valid_ip(joined)
+        elif from_ip is None:
             for candidate in _BARE_IP.findall(joined):
                 from_ip = _valid_ip(candidate)
                 if from_ip:
                     break
-        helo = _HELO_IN_COMMENT.search(joined)
+        helo = _HELO_IN_COMMENT.search(joined) if "=" in joined else None
         if helo:
             # Exim writes the reverse name first and the HELO as helo=...
             if from_name and from_rdns is None and not from_name.startswith("["):
@@ -132,15 +197,15 @@ def parse_received(value: str, index: int) -> ReceivedHop:
             from_name = helo.group(1)
         if from_rdns and from_rdns in ("unknown", ""):
             from_rdns = None
-    all_comments = " ".join(" ".join(c) for _, c in clauses.values())
-    m = _AUTH_SENDER.search(all_comments)
+    all_comments = " ".join([" ".join(c) for _, c in clauses.values()])
+    m = _AUTH_SENDER.search(all_comments) if ":" in all_comments else None
     if m:
         auth_user = m.group(1)
     with_proto = clauses["with"][0] if "with" in clauses else None
     proto = (with_proto or "").upper()
     authenticated = auth_user is not None or proto in {"ESMTPA", "ESMTPSA", "LMTPA", "LMTPSA"}
     tls = proto in {"ESMTPS", "ESMTPSA", "LMTPS", "LMTPSA"} or bool(
-        re.search(r"\b(?:TLS1|TLSv1|version=TLS)", all_comments)
+        "TLS" in all_comments and _TLS_COMMENT.search(all_comments)
     )
     for_addr = None
     if "for" in clauses and clauses["for"][0]:
