@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from dsguard.cli.common import config_or_exit, store_or_exit
-from dsguard.store import repository as repo
 
 
 def events(
@@ -24,6 +23,8 @@ def events(
     ] = None,
 ) -> None:
     """List recorded decisions, newest first."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     page = repo.list_events(store, decision=decision, limit=limit)
     for ev in page.items:

@@ -11,13 +11,14 @@ import typer
 from dsguard.cli.common import config_or_exit
 from dsguard.cli.errors import fail, fail_config
 from dsguard.errors import ConfigError
-from dsguard.gateway.server import configure_logging, run_gateway
 
 
 def gateway(
     config: Annotated[Path, typer.Option("--config", "-c", help="dsguard TOML config file.")],
 ) -> None:
     """Run the SMTP gateway until SIGTERM (SIGHUP reloads the config)."""
+    from dsguard.gateway.server import configure_logging, run_gateway
+
     cfg = config_or_exit(config)
     configure_logging()
     try:

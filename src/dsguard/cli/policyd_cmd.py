@@ -15,8 +15,6 @@ from dsguard.cli.common import config_or_exit, store_or_exit
 from dsguard.cli.errors import fail
 from dsguard.config import load_config
 from dsguard.errors import ConfigError
-from dsguard.gateway.server import configure_logging
-from dsguard.postfix.policyd import PolicyServer
 
 
 def policyd(
@@ -29,6 +27,9 @@ def policyd(
 
     main.cf:  smtpd_recipient_restrictions = ..., check_policy_service inet:127.0.0.1:10040
     """
+    from dsguard.gateway.server import configure_logging
+    from dsguard.postfix.policyd import PolicyServer
+
     cfg = config_or_exit(config)
     address = listen or cfg.policyd.listen
     host, sep, port = address.rpartition(":")

@@ -12,7 +12,6 @@ import typer
 from dsguard.cli.common import config_or_exit, store_or_exit
 from dsguard.cli.errors import fail
 from dsguard.gateway.spool import Spool
-from dsguard.store import repository as repo
 
 app = typer.Typer(help="Review mail the gateway quarantined.", no_args_is_help=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="dsguard TOML config file.")]
@@ -39,6 +38,8 @@ def list_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """List quarantined messages, newest first."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     page = repo.list_quarantine(
         store,
@@ -83,6 +84,8 @@ def show(
     config: ConfigOpt = None,
 ) -> None:
     """Show one quarantined message: envelope, findings, IOCs (or its raw bytes)."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     item = repo.get_quarantined(store, qid)
     if item is None:
@@ -115,6 +118,8 @@ def show(
 @app.command("release")
 def release(qid: str, config: ConfigOpt = None) -> None:
     """Release a message: it is queued to the downstream server through the gateway's spool."""
+    from dsguard.store import repository as repo
+
     cfg = config_or_exit(config)
     store = store_or_exit(cfg)
     item = repo.get_quarantined(store, qid)
@@ -140,6 +145,8 @@ def release(qid: str, config: ConfigOpt = None) -> None:
 @app.command("delete")
 def delete(qid: str, config: ConfigOpt = None) -> None:
     """Delete a quarantined message (its bytes are removed; the record stays for the audit log)."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     if not repo.delete_quarantined(store, qid, ACTOR):
         fail(f"quarantine delete: no held message {qid!r}")

@@ -10,7 +10,6 @@ import typer
 
 from dsguard.cli.common import config_or_exit, store_or_exit
 from dsguard.cli.errors import fail
-from dsguard.store import repository as repo
 
 app = typer.Typer(
     help="Manage SMTP AUTH users (passwords stored as argon2id hashes).", no_args_is_help=True
@@ -43,6 +42,8 @@ def add(
     config: ConfigOpt = None,
 ) -> None:
     """Add a user."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     password = read_password(password_stdin)
     try:
@@ -55,6 +56,8 @@ def add(
 @app.command("remove")
 def remove(username: str, config: ConfigOpt = None) -> None:
     """Remove a user."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     if not repo.remove_user(store, username, "smtp"):
         fail(f"user remove: no such user {username!r}")
@@ -64,6 +67,8 @@ def remove(username: str, config: ConfigOpt = None) -> None:
 @app.command("list")
 def list_users(config: ConfigOpt = None) -> None:
     """List users and the addresses they may send as."""
+    from dsguard.store import repository as repo
+
     store = store_or_exit(config_or_exit(config))
     for info in repo.list_users(store, "smtp"):
         extra = f"  send-as: {', '.join(info.send_as)}" if info.send_as else ""
