@@ -13,6 +13,8 @@ from dsguard.cli import (
     gateway_cmd,
     m365_cmd,
     policyd_cmd,
+    posture_cmd,
+    probe_cmd,
     quarantine_cmd,
     scan_cmd,
     spool_cmd,
@@ -31,6 +33,8 @@ app.command("scan")(scan_cmd.scan)
 app.command("findings")(findings_cmd.findings)
 app.command("gateway")(gateway_cmd.gateway)
 app.command("policyd")(policyd_cmd.policyd)
+app.command("posture")(posture_cmd.posture)
+app.command("probe")(probe_cmd.probe)
 app.command("events")(events_cmd.events)
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(quarantine_cmd.app, name="quarantine")
