@@ -12,9 +12,9 @@ root-owned, its daemons drop to the ``postfix`` user). Starts, all on 127.0.0.1:
   ``reject_direct_send = "on"``, accepted domain contoso.com, no DNS, spool and SQLite store in
   the temp dir, downstream = the sink; ``max_sessions_per_ip`` raised to 200 because all load
   comes from one IP; everything else the shipped defaults, incl. ``relay_concurrency = 4``);
-- a throwaway Postfix instance (``PostfixInstance`` lists the exact steps: own config, queue
-  and data directories in the temp dir, smtpd on a free port, relaying contoso.com to the
-  sink), stopped with ``postfix -c DIR stop`` at the end.
+- a throwaway Postfix instance (``tests.fixtures.postfix.PostfixInstance`` lists the exact
+  steps: own config, queue and data directories in the temp dir, smtpd on a free port,
+  relaying contoso.com to the sink), stopped with ``postfix -c DIR stop`` at the end.
 
 Scenarios, each at every concurrency and in both client modes, interleaved (reject, accept,
 Postfix at one level, then the next) so that drifting background load hits all alike:
@@ -57,11 +57,9 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -77,10 +75,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures.postfix import (  # noqa: E402
+    PostfixInstance,
+    PostfixUnavailableError,
+    free_port,
+)
 from tests.fixtures.smtpsink import SmtpSink  # noqa: E402
 
-POSTFIX = "/usr/sbin/postfix"
-POSTCONF = "/usr/sbin/postconf"
 HOST = "127.0.0.1"
 CLIENT_HELO = "client.example.org"
 SPOOFED = "joe@contoso.com"  # the campaign's self-addressed Direct Send
@@ -182,27 +183,6 @@ sys.exit(status)
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_for_greeting(port: int, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((HOST, port), timeout=2) as conn:
-                if conn.recv(512).startswith(b"220"):
-                    conn.sendall(b"QUIT\r\n")
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{what} did not greet on {HOST}:{port}")
-
-
 class Gateway:
     """The dsguard gateway as a subprocess (stderr, one JSON line per decision, to a file)."""
 
@@ -283,130 +263,6 @@ url = "sqlite:///{root / "dsguard.sqlite3"}"
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-class PostfixInstance:
-    """A throwaway Postfix next to (and without touching) the system's one.
-
-    Exact steps, all done here:
-
-    1. ``mkdir <tmp>/postfix/{etc,spool,data}``; the temp tree is made 0755 so the unprivileged
-       ``postfix`` user can traverse it (``mkdtemp`` makes 0700 root directories).
-    2. ``<tmp>/postfix/etc/main.cf`` (below): queue_directory and data_directory in the temp
-       dir, ``inet_interfaces = 127.0.0.1``, ``mydestination =`` and ``local_recipient_maps =``
-       plus ``local_transport = error:...`` (no local delivery), ``relay_domains =
-       contoso.com``, ``relayhost = [127.0.0.1]:<sink port>`` (IP literal: no DNS),
-       ``smtpd_relay_restrictions = reject_unauth_destination`` (an MX: relays only to
-       contoso.com, like the gateway), ``smtpd_peername_lookup = no`` (no reverse DNS; the
-       gateway does none either), ``mynetworks = 127.0.0.0/8`` (only so that anvil's
-       per-client connection limits, which exempt $mynetworks, leave the single load-generating
-       IP alone, as ``max_sessions_per_ip`` is raised for the gateway; it grants no relaying
-       here), ``smtp_host_lookup = native``, logging to ``<tmp>/postfix/postfix.log`` via postlogd
-       (``maillog_file``; its directory must be in ``maillog_file_prefixes``). Everything else
-       is Postfix's default (compatibility_level 3.6, as on a fresh Debian install): fsync of
-       queue files before 250, ``in_flow_delay = 1s``, relay concurrency 20, SMTP connection
-       cache on demand.
-    3. ``<tmp>/postfix/etc/master.cf``: Debian's services with chroot off (a chroot would need
-       copies of /etc files in the queue directory), smtpd listening on ``127.0.0.1:<free
-       port>`` instead of port 25, plus postlogd.
-    4. ``chown postfix:postfix <tmp>/postfix/data`` (master refuses a data directory it cannot
-       write its lock file in).
-    5. ``postfix -c <tmp>/postfix/etc check`` creates the queue subdirectories with the right
-       owners (it runs ``post-install create-missing``); ``postfix -c <tmp>/postfix/etc
-       start``; wait for the 220 greeting.
-    6. At the end ``postfix -c <tmp>/postfix/etc stop``.
-
-    A config directory other than /etc/postfix needs no ``alternate_config_directories`` entry
-    when, as here, root runs ``postfix -c`` and no set-gid command (postdrop) is used.
-    """
-
-    def __init__(self, root: Path, sink_port: int) -> None:
-        if os.geteuid() != 0:
-            raise SystemExit("the Postfix baseline needs root (postfix start refuses otherwise)")
-        pwd.getpwnam("postfix")  # the Debian package creates the user; KeyError otherwise
-        self.root = root
-        self.etc = root / "etc"
-        self.spool = root / "spool"
-        self.data = root / "data"
-        for path in (self.etc, self.spool, self.data):
-            path.mkdir(parents=True)
-        self.port = free_port()
-        self.log = root / "postfix.log"
-        (self.etc / "main.cf").write_text(
-            f"""compatibility_level = 3.6
-queue_directory = {self.spool}
-data_directory = {self.data}
-myhostname = postfix-bench.example.net
-mydomain = example.net
-myorigin = $myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-local_recipient_maps =
-local_transport = error:5.1.1 no local delivery in this benchmark
-alias_maps =
-alias_database =
-relay_domains = contoso.com
-relayhost = [127.0.0.1]:{sink_port}
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = reject_unauth_destination
-smtpd_peername_lookup = no
-smtp_host_lookup = native
-biff = no
-maillog_file = {self.log}
-maillog_file_prefixes = {root}
-""",
-            encoding="utf-8",
-        )
-        services = [
-            f"{HOST}:{self.port} inet n - n - - smtpd",
-            "pickup unix n - n 60 1 pickup",
-            "cleanup unix n - n - 0 cleanup",
-            "qmgr unix n - n 300 1 qmgr",
-            "rewrite unix - - n - - trivial-rewrite",
-            "bounce unix - - n - 0 bounce",
-            "defer unix - - n - 0 bounce",
-            "trace unix - - n - 0 bounce",
-            "verify unix - - n - 1 verify",
-            "flush unix n - n 1000? 0 flush",
-            "proxymap unix - - n - - proxymap",
-            "smtp unix - - n - - smtp",
-            "relay unix - - n - - smtp",
-            "showq unix n - n - - showq",
-            "error unix - - n - - error",
-            "retry unix - - n - - error",
-            "discard unix - - n - - discard",
-            "anvil unix - - n - 1 anvil",
-            "scache unix - - n - 1 scache",
-            "postlog unix-dgram n - n - 1 postlogd",
-        ]
-        (self.etc / "master.cf").write_text("\n".join(services) + "\n", encoding="utf-8")
-        postfix_user = pwd.getpwnam("postfix")
-        os.chown(self.data, postfix_user.pw_uid, postfix_user.pw_gid)
-        self.data.chmod(0o700)
-        self._postfix("check")
-        self._postfix("start")
-        wait_for_greeting(self.port, "postfix smtpd")
-        # master runs setsid(): its pid is the session id of every Postfix process.
-        self.sid = int((self.spool / "pid" / "master.pid").read_text().split()[0])
-        self.version = subprocess.run(
-            [POSTCONF, "-c", str(self.etc), "-h", "mail_version"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    def _postfix(self, command: str) -> None:
-        result = subprocess.run(
-            [POSTFIX, "-c", str(self.etc), command], capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise SystemExit(f"postfix {command} failed: {result.stderr}{log}")
-
-    def stop(self) -> None:
-        with contextlib.suppress(SystemExit):
-            self._postfix("stop")
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -902,7 +758,10 @@ def main() -> None:
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
         gateway = Gateway(tmp / "gateway", sink, args.profile)
-        postfix = PostfixInstance(tmp / "postfix", sink.port)
+        try:
+            postfix = PostfixInstance(tmp / "postfix", sink.port).start()
+        except PostfixUnavailableError as exc:
+            raise SystemExit(f"the Postfix baseline: {exc}") from None
         print(
             f"Postfix {postfix.version} on :{postfix.port}, dsguard gateway on :{gateway.port}, "
             f"smtp-sink on :{sink.port}; temp dir {tmp}"

@@ -304,6 +304,18 @@ class Policyd(_Strict):
         return _check_hostport(value, "listen")
 
 
+class Milter(_Strict):
+    """The Postfix/Sendmail milter (``dsguard milter``); DNS, authserv-id and header prefix
+    are the gateway's (``[gateway] dns_servers``, ``hostname``, ``header_prefix``)."""
+
+    listen: str = "127.0.0.1:10041"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_hostport(value, "listen")
+
+
 class Storage(_Strict):
     url: str = "sqlite:///var/dsguard.sqlite3"
 
@@ -319,6 +331,7 @@ class Config(_Strict):
     lures: Lures = Field(default_factory=Lures)
     gateway: Gateway = Field(default_factory=Gateway)
     policyd: Policyd = Field(default_factory=Policyd)
+    milter: Milter = Field(default_factory=Milter)
     storage: Storage = Field(default_factory=Storage)
     # Where the file came from (for messages); not a TOML key.
     source: str = Field(default="<defaults>", exclude=True)

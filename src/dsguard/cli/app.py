@@ -12,6 +12,7 @@ from dsguard.cli import (
     findings_cmd,
     gateway_cmd,
     m365_cmd,
+    milter_cmd,
     policyd_cmd,
     posture_cmd,
     probe_cmd,
@@ -35,6 +36,7 @@ app.command("gateway")(gateway_cmd.gateway)
 app.command("policyd")(policyd_cmd.policyd)
 app.command("posture")(posture_cmd.posture)
 app.command("probe")(probe_cmd.probe)
+app.command("milter")(milter_cmd.milter)
 app.command("events")(events_cmd.events)
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(quarantine_cmd.app, name="quarantine")

@@ -14,6 +14,9 @@ Per transaction:
 In ``audit`` mode nothing is refused for Direct Send: the would-be refusal is recorded as an
 event and stamped into the message, so an admin sees what switching it on would break.
 
+The end-of-data decision (``policy.judge``), the header fields (``gateway.headers``) and the
+event and log records (``store.events``) are shared with the milter: one behaviour, two doors.
+
 SECURITY: this faces hostile clients on port 25. Internal faults never become a permanent
 5xx: ``handle_exception`` answers 451 (design contract), and every step that touches disk or
 the database is wrapped the same way. Incoming headers that claim to be ours (our
@@ -29,18 +32,15 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from dsguard.auth.live import authenticate, authentication_results_header
 from dsguard.auth.resolver import Resolver
-from dsguard.auth.summary import AuthSummary
 from dsguard.config import Config
 from dsguard.engine import Engine
+from dsguard.gateway.headers import fold, received_header, verdict_fields
 from dsguard.gateway.relay import Relay
 from dsguard.gateway.spool import Spool
 from dsguard.intel.geo import country_of
@@ -52,23 +52,21 @@ from dsguard.model import (
     AttributionKind,
     Envelope,
     EnvelopeOrigin,
-    RdsOutcome,
     TlsInfo,
     Verdict,
 )
 from dsguard.policy.attribution import attribute
+from dsguard.policy.judge import MALICIOUS_REJECT, TEMPFAIL, judge_message
 from dsguard.policy.rds import decide_p1
 from dsguard.policy.relay import check_recipient, check_send_as
 from dsguard.store import repository as repo
 from dsguard.store.db import Store
-from dsguard.store.events import EventWriter
+from dsguard.store.events import EventWriter, decision_event, decision_log_record
 
 log = logging.getLogger("dsguard.gateway")
 
-TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 BARE_NEWLINE = "550 5.5.2 Message rejected: bare <CR> or <LF> in message data (RFC 5321 2.3.8)"
-MALICIOUS_REJECT = "550 5.7.1 Message rejected as malicious by policy"
 NO_MAIL_FROM = "503 5.5.1 Error: need MAIL command"
 # Postfix's wording when SASL is off; AUTH belongs to the submission listener.
 AUTH_NOT_HERE = "503 5.5.1 Error: authentication not enabled"
@@ -315,46 +313,30 @@ class GatewayHandler:
         rt = self.runtime
         cfg = rt.config
         assert txn.attribution is not None
-        cleaned = strip_our_headers(raw, cfg.gateway.hostname, cfg.gateway.header_prefix)
-        msg = ParsedMessage(cleaned, cfg.limits)
-        header_from = None
-        for fld in msg.from_fields:
-            if fld.first is not None:
-                header_from = fld.first
-                break
-        auth_summary, ar_value = await self._authenticate(
-            env, cleaned, header_from.domain if header_from else None
-        )
-        verdict: Verdict = await asyncio.to_thread(
-            rt.engine.evaluate, msg, env, auth_summary, accepted=rt.engine.accepted
-        )
-        p2 = verdict.rds[1] if len(verdict.rds) > 1 else None
-        mode = cfg.organization.reject_direct_send
-        if p2 is not None and p2.enforced and not auth_summary.known:
-            # Without a resolver nothing can prove an own-domain From, so P2 would refuse
-            # legitimate DKIM-signed mail too: record it, do not enforce it.
-            txn.audit_notes.append(f"would refuse (P2, not enforced without DNS): {p2.reason}")
-        elif p2 is not None and p2.enforced:
+        judged = await asyncio.to_thread(judge_message, rt.engine, rt.resolver, cfg, env, raw)
+        cleaned, msg, header_from = judged.cleaned, judged.msg, judged.header_from
+        verdict, ar_value = judged.verdict, judged.ar_value
+        txn.audit_notes.extend(judged.notes)
+        if judged.p2_refused:
+            assert judged.p2 is not None
             self._record(
                 env,
                 txn.attribution,
                 p1=txn.p1_outcome,
-                p2=p2.outcome.value,
+                p2=judged.p2_value,
                 decision="refused",
                 verdict=verdict,
                 msg=msg,
             )
             self._log_decision(
-                env, txn.attribution, "refused", reason="P2 " + p2.reason, verdict=verdict
+                env, txn.attribution, "refused", reason="P2 " + judged.p2.reason, verdict=verdict
             )
-            return p2.reply
-        if p2 is not None and p2.would_reject and mode == "audit":
-            txn.audit_notes.append(f"would refuse (P2): {p2.reason}")
+            return judged.p2.reply
 
         queue_id = secrets.token_hex(8)
         stamped = self._stamp(cleaned, env, txn, verdict, ar_value, queue_id)
         action = verdict.action
-        p2_value = p2.outcome.value if p2 else "unknown"
+        p2_value = judged.p2_value
         if action is Action.REJECT:
             self._record(
                 env,
@@ -459,29 +441,6 @@ class GatewayHandler:
         )
         self._log_decision(env, txn.attribution, "tempfail", reason=reason, verdict=verdict)
 
-    async def _authenticate(
-        self, env: Envelope, raw: bytes, from_domain: str | None
-    ) -> tuple[AuthSummary, str | None]:
-        rt = self.runtime
-        if rt.resolver is None:
-            return AuthSummary(source="none"), None
-        resolver = rt.resolver
-        hostname = rt.config.gateway.hostname
-
-        def run() -> tuple[AuthSummary, str]:
-            live = authenticate(
-                raw,
-                client_ip=env.client_ip or "",
-                helo=env.helo or "",
-                mail_from=env.mail_from or "",
-                header_from_domain=from_domain,
-                resolver=resolver,
-                authserv_id=hostname,
-            )
-            return live.summary, authentication_results_header(hostname, live)
-
-        return await asyncio.to_thread(run)
-
     def _stamp(
         self,
         raw: bytes,
@@ -492,20 +451,14 @@ class GatewayHandler:
         queue_id: str,
     ) -> bytes:
         cfg = self.runtime.config.gateway
-        prefix = cfg.header_prefix
         lines = [received_header(env, cfg.hostname, queue_id, self.submission)]
-        if ar_value:
-            lines.append(f"Authentication-Results: {ar_value}")
-        lines.append(
-            f"{prefix}-Verdict: {verdict.level.value}; score={verdict.score:g}; "
-            f"direct_send={'yes' if verdict.direct_send else 'no'}; "
-            f"attribution={_header_safe(verdict.attribution.label())}"
+        lines.extend(
+            f"{name}: {value}"
+            for name, value in verdict_fields(
+                cfg.header_prefix, verdict, txn.audit_notes, ar_value
+            )
         )
-        if verdict.findings:
-            lines.append(f"{prefix}-Findings: " + ", ".join(f.id for f in verdict.findings[:30]))
-        for note in txn.audit_notes:
-            lines.append(f"{prefix}-Audit: {_header_safe(note)[:300]}")
-        head = "".join(_fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
+        head = "".join(fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
         return head + raw
 
     def _record(
@@ -521,34 +474,20 @@ class GatewayHandler:
         queue_id: str | None = None,
     ) -> None:
         rt = self.runtime
-        header_from = None
-        if msg is not None:
-            for fld in msg.from_fields:
-                if fld.first is not None:
-                    header_from = fld.first.addr
-                    break
         if rt.events is None:
             return
         # Queued for the single event-writer thread: the reply never waits for the database.
         rt.events.put(
-            dict(
-                front_door="gateway",
-                client_ip=env.client_ip,
-                helo=(env.helo or "")[:255] or None,
-                country=env.country,
-                mail_from=env.mail_from,
-                rcpt_to=env.rcpt_to,
-                header_from=header_from,
-                attribution=attribution.label(),
-                p1=p1 if p1 in _P_VALUES else "unknown",
-                p2=p2 if p2 in _P_VALUES else "unknown",
+            decision_event(
+                "gateway",
+                env,
+                attribution,
+                p1=p1,
+                p2=p2,
                 mode=rt.config.organization.reject_direct_send,
                 decision=decision,
-                verdict=verdict.level.value if verdict else None,
-                score=verdict.score if verdict else None,
-                finding_ids=verdict.finding_ids() if verdict else (),
-                message_id=msg.message_id if msg else None,
-                subject=((msg.subject or "")[:500] or None) if msg else None,
+                verdict=verdict,
+                msg=msg,
                 queue_id=queue_id,
             )
         )
@@ -565,35 +504,18 @@ class GatewayHandler:
         mail_from: str | None = None,
         rcpt: str | None = None,
     ) -> None:
-        record: dict[str, Any] = {
-            "event": "decision",
-            "decision": decision,
-            "client_ip": env.client_ip,
-            "helo": env.helo,
-            "tls": env.tls.version if env.tls else None,
-            "attribution": attribution.label(),
-            "mail_from": env.mail_from if mail_from is None else mail_from,
-            "rcpt_to": list(env.rcpt_to) + ([rcpt] if rcpt else []),
-            "mode": self.runtime.config.organization.reject_direct_send,
-        }
-        if reason:
-            record["reason"] = reason
-        if verdict is not None:
-            record.update(
-                verdict=verdict.level.value,
-                score=verdict.score,
-                action=verdict.action.value,
-                direct_send=verdict.direct_send,
-                p1=verdict.rds[0].outcome.value if verdict.rds else None,
-                p2=verdict.rds[1].outcome.value if len(verdict.rds) > 1 else None,
-                findings=list(verdict.finding_ids()),
-            )
-        if queue_id:
-            record["queue_id"] = queue_id
+        record = decision_log_record(
+            env,
+            attribution,
+            decision,
+            mode=self.runtime.config.organization.reject_direct_send,
+            reason=reason,
+            verdict=verdict,
+            queue_id=queue_id,
+            mail_from=mail_from,
+            rcpt=rcpt,
+        )
         log.info(json.dumps(record, ensure_ascii=False, default=str))
-
-
-_P_VALUES = frozenset({RdsOutcome.WOULD_REJECT.value, RdsOutcome.NOT_APPLICABLE.value, "unknown"})
 
 
 def _env_dict(env: Envelope) -> dict[str, Any]:
@@ -605,74 +527,3 @@ def _send_as(store: Store, user: str) -> list[str]:
         if info.username.lower() == user.lower():
             return list(info.send_as)
     return []
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _header_safe(text: str) -> str:
-    return _CONTROL.sub(" ", text)
-
-
-def _fold(line: str, width: int = 78) -> str:
-    """Fold a header line at spaces (RFC 5322 section 2.2.3) so no line exceeds ~998 bytes."""
-    if len(line) <= width:
-        return line
-    out: list[str] = []
-    current = ""
-    for word in line.split(" "):
-        if current and len(current) + 1 + len(word) > width:
-            out.append(current)
-            current = " " + word
-        else:
-            current = f"{current} {word}" if current else word
-    out.append(current)
-    return "\r\n".join(out)
-
-
-def received_header(env: Envelope, hostname: str, queue_id: str, submission: bool) -> str:
-    """Our trace field (RFC 5321 section 4.4), with the protocol per RFC 3848."""
-    tls = env.tls is not None
-    proto = "ESMTP" + ("S" if tls else "") + ("A" if env.auth_user else "")
-    helo = _header_safe(env.helo or "unknown")[:255]
-    tls_note = (
-        f" ({env.tls.version} cipher={env.tls.cipher})" if env.tls and env.tls.version else ""
-    )
-    rcpt = f" for <{env.rcpt_to[0]}>" if len(env.rcpt_to) == 1 else ""
-    when = format_datetime(datetime.now(UTC))
-    return (
-        f"Received: from {helo} ([{env.client_ip}]){tls_note} by {hostname} (dsguard) "
-        f"with {proto} id {queue_id}{rcpt}; {when}"
-    )
-
-
-def strip_our_headers(raw: bytes, authserv_id: str, prefix: str) -> bytes:
-    """Remove incoming Authentication-Results that claim our authserv-id (RFC 8601 section 5)
-    and any header with our prefix: only we write those."""
-    end = raw.find(b"\r\n\r\n")
-    if end == -1:
-        head, body = raw, b""
-    else:
-        head, body = raw[: end + 2], raw[end + 2 :]
-    fields = re.split(rb"\r\n(?![ \t])", head)
-    ours = authserv_id.lower().encode()
-    pref = prefix.lower().encode() + b"-"
-    kept: list[bytes] = []
-    changed = False
-    for fld in fields:
-        if not fld:
-            continue
-        low = fld.lower()
-        if low.startswith(pref):
-            changed = True
-            continue
-        if low.startswith(b"authentication-results:"):
-            value = low.split(b":", 1)[1].lstrip()
-            token = re.split(rb"[\s;]", value, maxsplit=1)[0]
-            if token == ours:
-                changed = True
-                continue
-        kept.append(fld)
-    if not changed:
-        return raw
-    return b"\r\n".join(kept) + b"\r\n" + body

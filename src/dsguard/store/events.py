@@ -1,5 +1,8 @@
 """Write front-door events without making an SMTP reply wait for the database.
 
+:func:`decision_event` and :func:`decision_log_record` build the event row and the JSON log
+line of a decision the same way for every front door.
+
 Each front door (gateway, policy server, milter) hands its decisions to one writer thread
 through a bounded queue. Only that thread writes, so SQLite's single write lock is never
 contended by the reply path (with several writers, SQLite's lock back-off put ~100 ms on the
@@ -13,12 +16,107 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dsguard.model import Attribution, Envelope, RdsOutcome, Verdict
 from dsguard.store import repository as repo
 from dsguard.store.db import Store
 
+if TYPE_CHECKING:
+    from dsguard.mail.message import ParsedMessage
+
 log = logging.getLogger("dsguard.events")
+
+_P_VALUES = frozenset({RdsOutcome.WOULD_REJECT.value, RdsOutcome.NOT_APPLICABLE.value, "unknown"})
+
+
+def decision_event(
+    front_door: str,
+    env: Envelope,
+    attribution: Attribution,
+    *,
+    p1: str,
+    p2: str,
+    mode: str,
+    decision: str,
+    verdict: Verdict | None,
+    msg: ParsedMessage | None = None,
+    queue_id: str | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``repository.record_event`` for one front-door decision (the
+    same row whichever front door decided, so ``dsguard events`` and the web UI show all)."""
+    header_from = None
+    if msg is not None:
+        for fld in msg.from_fields:
+            if fld.first is not None:
+                header_from = fld.first.addr
+                break
+    return dict(
+        front_door=front_door,
+        client_ip=env.client_ip,
+        helo=(env.helo or "")[:255] or None,
+        country=env.country,
+        mail_from=env.mail_from,
+        rcpt_to=env.rcpt_to,
+        header_from=header_from,
+        attribution=attribution.label(),
+        p1=p1 if p1 in _P_VALUES else "unknown",
+        p2=p2 if p2 in _P_VALUES else "unknown",
+        mode=mode,
+        decision=decision,
+        verdict=verdict.level.value if verdict else None,
+        score=verdict.score if verdict else None,
+        finding_ids=verdict.finding_ids() if verdict else (),
+        message_id=msg.message_id if msg else None,
+        subject=((msg.subject or "")[:500] or None) if msg else None,
+        queue_id=queue_id,
+    )
+
+
+def decision_log_record(
+    env: Envelope,
+    attribution: Attribution,
+    decision: str,
+    *,
+    mode: str,
+    reason: str = "",
+    verdict: Verdict | None = None,
+    queue_id: str | None = None,
+    mail_from: str | None = None,
+    rcpt: str | None = None,
+    front_door: str | None = None,
+) -> dict[str, Any]:
+    """The JSON log line (``{"event": "decision", ...}``) for one front-door decision."""
+    record: dict[str, Any] = {"event": "decision"}
+    if front_door is not None:
+        record["front_door"] = front_door
+    record.update(
+        {
+            "decision": decision,
+            "client_ip": env.client_ip,
+            "helo": env.helo,
+            "tls": env.tls.version if env.tls else None,
+            "attribution": attribution.label(),
+            "mail_from": env.mail_from if mail_from is None else mail_from,
+            "rcpt_to": list(env.rcpt_to) + ([rcpt] if rcpt else []),
+            "mode": mode,
+        }
+    )
+    if reason:
+        record["reason"] = reason
+    if verdict is not None:
+        record.update(
+            verdict=verdict.level.value,
+            score=verdict.score,
+            action=verdict.action.value,
+            direct_send=verdict.direct_send,
+            p1=verdict.rds[0].outcome.value if verdict.rds else None,
+            p2=verdict.rds[1].outcome.value if len(verdict.rds) > 1 else None,
+            findings=list(verdict.finding_ids()),
+        )
+    if queue_id:
+        record["queue_id"] = queue_id
+    return record
 
 
 class EventWriter:

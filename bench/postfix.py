@@ -1,0 +1,483 @@
+"""Benchmark what dsguard's policy server and milter cost a Postfix, on one machine, in one run.
+
+    .venv/bin/python bench/postfix.py [--duration 8] [--warmup 2] [--concurrency 1,10,50]
+        [--modes transaction,session] [--scenarios postfix,policyd,milter,both]
+
+Must run as root (Postfix's master runs as root). Starts, all on 127.0.0.1:
+
+- Postfix's ``smtp-sink`` (tests/fixtures/smtpsink.py), the next hop of every Postfix;
+- ``nsd`` (tests/fixtures/dns.py, response rate limiting off) with example.org (SPF ``ip4:127.0.0.0/8 -all``) and
+  contoso.com (SPF, DMARC p=reject): the milter does live SPF/DKIM/DMARC, as in production;
+- ``dsguard policyd`` and ``dsguard milter`` (tests/fixtures/postfix.py ``DsguardDaemon``;
+  config: ``reject_direct_send = "on"``, accepted domain contoso.com, ``[gateway]
+  dns_servers`` = the nsd, events to SQLite in the temp dir; everything else the shipped
+  defaults);
+- four throwaway Postfix instances (``tests.fixtures.postfix.PostfixInstance`` lists every
+  step), identical except for the README's "Protect a Postfix server" main.cf block:
+  ``postfix`` = the block without the policy service and the milter (the baseline:
+  ``permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination``), ``policyd`` =
+  with ``check_policy_service``, ``milter`` = with ``smtpd_milters`` (and
+  ``milter_default_action = tempfail``), ``both`` = the whole block. The load comes from
+  127.0.0.1, which is outside ``mynetworks`` (else ``permit_mynetworks`` would skip the policy
+  server); anvil's per-client connection limit is lifted (all load comes from one IP).
+
+The load: the ~5 KB newsletter of bench/gateway.py from news@example.org to joe@ and
+ann@contoso.com (two RCPTs per message, each RCPT timed on its own: the per-recipient latency
+the policy server adds), with asyncio + aiosmtplib in this process. ``transaction`` mode: N
+persistent connections (replaced every 200 messages), latency = MAIL to the 250 after the
+data; ``session`` mode: a new connection per message (what an MX mostly sees; Postfix opens a
+milter connection per SMTP session), latency = connect to the reply to QUIT. Each run sends for
+``--warmup`` seconds (not counted), then ``--duration`` seconds (counted), then waits until the
+sink has every acknowledged message: "delivered msgs/s" is what the whole chain sustains. The
+scenarios are interleaved per level, so drifting background load hits all alike.
+
+Then, to see where the time goes: the policy server alone (one connection, sequential
+requests, as Postfix's smtpd sends them), and in this process the milter's end-of-message work
+(``policy.judge.judge_message`` on the newsletter, with and without DNS) and the event row it
+stores per message; the rest of the milter's CPU per message (the "dsguard CPU" column) is the
+protocol, asyncio and the hand-offs to worker threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosmtplib
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway import (  # noqa: E402
+    CLIENT_HELO,
+    NEWS_FROM,
+    TRANSACTIONS_PER_CONNECTION,
+    LoadResult,
+    SessionCpu,
+    _record_event,
+    machine_busy,
+    newsletter,
+    wait_for_delivery,
+)
+from tests.fixtures.dns import DnsServer, txt  # noqa: E402
+from tests.fixtures.gateway import to_toml  # noqa: E402
+from tests.fixtures.postfix import (  # noqa: E402
+    README_MILTER,
+    README_POLICYD,
+    DsguardDaemon,
+    PostfixInstance,
+    PostfixUnavailableError,
+    readme_main_cf,
+)
+from tests.fixtures.smtpsink import SmtpSink  # noqa: E402
+
+HOST = "127.0.0.1"
+RCPTS = ("joe@contoso.com", "ann@contoso.com")
+SCENARIOS = {  # name -> (policy server, milter)
+    "postfix": (False, False),
+    "policyd": (True, False),
+    "milter": (False, True),
+    "both": (True, True),
+}
+POLICY_REQUEST = (
+    "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+    "client_address={ip}\nclient_name=unknown\nhelo_name=mail.example.org\n"
+    "sender={sender}\nrecipient=joe@contoso.com\nsasl_username=\nccert_subject=\n"
+    "queue_id=\nsize=5300\ninstance=1.2.3\n\n"
+)
+
+
+class BenchDnsServer(DnsServer):
+    """The test fixture's nsd with response rate limiting off. Debian builds nsd with
+    ``--enable-ratelimit`` (default ``rrl-ratelimit: 200`` identical answers per second per
+    client /24): under this load it drops or truncates answers, and the milter waits for DNS
+    timeouts -- a property of the stub setup, not of a real resolver."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        path = self.workdir / "nsd.conf"
+        path.write_text(
+            path.read_text().replace("server:\n", "server:\n    rrl-ratelimit: 0\n", 1)
+        )
+
+
+def main_cf_block(policyd: DsguardDaemon | None, milter: DsguardDaemon | None) -> str:
+    """The README's block, without the policy service and/or the milter lines."""
+    block = readme_main_cf(
+        policyd.address if policyd else README_POLICYD, milter.address if milter else README_MILTER
+    )
+    lines = block.splitlines()
+    if policyd is None:
+        lines = [line for line in lines if "check_policy_service" not in line]
+        lines = [line.rstrip(",") if line.endswith("reject_unauth_destination,") else line for line in lines]
+    if milter is None:
+        lines = [line for line in lines if not line.startswith(("smtpd_milters", "milter_"))]
+    return "\n".join(lines) + "\n"
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run(LoadResult):
+    rcpt_latencies: list[float] = field(default_factory=list)
+    dsguard_cpu_per_message: float = 0.0
+
+    def rcpt_pct(self, q: float) -> float:
+        data = sorted(self.rcpt_latencies)
+        return data[min(len(data) - 1, int(q * len(data)))] if data else float("nan")
+
+
+async def _open(port: int) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(
+        hostname=HOST, port=port, local_hostname=CLIENT_HELO, timeout=60, start_tls=False
+    )
+    await smtp.connect()
+    if smtp.last_ehlo_response is None:
+        await smtp.ehlo()
+    return smtp
+
+
+async def _client(run: Run, port: int, number: int, counted_from: float, stop_at: float) -> None:
+    loop = asyncio.get_running_loop()
+    smtp: aiosmtplib.SMTP | None = None
+    n = on_connection = 0
+    tag = f"{run.label}-{run.mode}-c{run.concurrency}"
+    try:
+        while loop.time() < stop_at:
+            n += 1
+            message_id = f"bench-{tag}-{number}-{n}@example.org"
+            try:
+                if run.mode == "transaction" and on_connection >= TRANSACTIONS_PER_CONNECTION:
+                    if smtp is not None:
+                        await smtp.quit()
+                    smtp = None
+                if run.mode == "transaction" and smtp is None:
+                    smtp = await _open(port)
+                    on_connection = 0
+                on_connection += 1
+                t0 = loop.time()
+                if run.mode == "session":
+                    smtp = await _open(port)
+                assert smtp is not None
+                await smtp.mail(NEWS_FROM)
+                rcpt_times = []
+                for rcpt in RCPTS:
+                    r0 = loop.time()
+                    await smtp.rcpt(rcpt)
+                    rcpt_times.append(loop.time() - r0)
+                reply = await smtp.data(newsletter(message_id))
+                if reply.code == 250:
+                    run.acked[message_id] = time.time()
+                if run.mode == "session":
+                    await smtp.quit()
+                    smtp = None
+                t1 = loop.time()
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                name = type(exc).__name__
+                if isinstance(exc, aiosmtplib.SMTPResponseException):
+                    name += f" {exc.code} {exc.message[:70]}"
+                run.errors[name] = run.errors.get(name, 0) + 1
+                if smtp is not None:
+                    smtp.close()
+                smtp = None
+                await asyncio.sleep(0.05)
+                continue
+            if reply.code != 250:
+                run.unexpected += 1
+                continue
+            run.completed += 1
+            if counted_from <= t1 <= stop_at:
+                run.latencies.append(t1 - t0)
+                run.rcpt_latencies.extend(rcpt_times)
+    finally:
+        if smtp is not None:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await smtp.quit()
+
+
+async def _load(run: Run, port: int, warmup: float, duration: float) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    run.first_send = time.time()
+    await asyncio.gather(
+        *(_client(run, port, i, start + warmup, start + warmup + duration) for i in range(run.concurrency))
+    )
+
+
+def measure(
+    name: str,
+    postfix: PostfixInstance,
+    daemons: list[DsguardDaemon],
+    concurrency: int,
+    mode: str,
+    args: argparse.Namespace,
+    sink: SmtpSink,
+) -> Run:
+    run = Run(name, concurrency, mode, args.duration)
+    busy0, total0 = machine_busy()
+    postfix_cpu = SessionCpu(postfix.sid)
+    dsguard_cpu = [SessionCpu(d.proc.pid) for d in daemons if d.proc is not None]
+    asyncio.run(_load(run, postfix.port, args.warmup, args.duration))
+    busy1, total1 = machine_busy()
+    run.machine_busy = (busy1 - busy0) / max(total1 - total0, 1e-9)
+    wait_for_delivery(run, sink)
+    handled = max(run.completed, 1)
+    run.server_cpu_per_message = postfix_cpu.stop() / handled
+    run.dsguard_cpu_per_message = sum(c.stop() for c in dsguard_cpu) / handled
+    return run
+
+
+# -- where the time goes --------------------------------------------------------------------------
+
+
+def policy_alone(policyd: DsguardDaemon, count: int = 3000) -> list[tuple[str, str]]:
+    """Sequential requests on one connection, as one smtpd process sends them."""
+    out = []
+    with socket.create_connection((HOST, policyd.port)) as sock:
+        for label, sender in (("DUNNO (foreign sender)", NEWS_FROM), ("refusal (P1)", "joe@contoso.com")):
+            request = POLICY_REQUEST.format(ip="192.0.2.99", sender=sender).encode()
+            latencies = []
+            for _ in range(count):
+                t0 = time.perf_counter()
+                sock.sendall(request)
+                answer = b""
+                while not answer.endswith(b"\n\n"):
+                    answer += sock.recv(4096)
+                latencies.append(time.perf_counter() - t0)
+            latencies.sort()
+            out.append(
+                (
+                    f"policy server alone, {label}",
+                    f"p50 {latencies[len(latencies) // 2] * 1000:.3f} ms, p99 "
+                    f"{latencies[int(len(latencies) * 0.99)] * 1000:.3f} ms, "
+                    f"{count / sum(latencies):.0f} requests/s on one connection",
+                )
+            )
+    return out
+
+
+def judge_cost(nameserver: str, count: int = 200) -> list[tuple[str, str]]:
+    """The milter's end-of-message work on the newsletter, in this process."""
+    from dsguard.auth.resolver import Resolver
+    from dsguard.config import load_config
+    from dsguard.engine import Engine
+    from dsguard.model import Envelope, EnvelopeOrigin
+    from dsguard.policy.judge import judge_message
+
+    cfg = load_config(
+        None,
+        {
+            "organization": {"accepted_domains": ["contoso.com"], "reject_direct_send": "on"},
+            "gateway": {"hostname": "mx.contoso.com"},
+            "limits": {"decode_sandbox": False},
+        },
+    )
+    engine = Engine(cfg)
+    raw = newsletter("bench-judge@example.org")
+    env = Envelope(
+        origin=EnvelopeOrigin.SMTP,
+        client_ip=HOST,
+        helo=CLIENT_HELO,
+        mail_from=NEWS_FROM,
+        rcpt_to=RCPTS,
+    )
+    out = []
+    for label, resolver in (
+        ("judge_message, no DNS (parse, checks, score)", None),
+        ("judge_message with live SPF/DKIM/DMARC (local nsd)", Resolver([nameserver], timeout=2.0)),
+    ):
+        judge_message(engine, resolver, cfg, env, raw)  # warm
+        t0 = time.perf_counter()
+        for _ in range(count):
+            judge_message(engine, resolver, cfg, env, raw)
+        out.append((label, f"{(time.perf_counter() - t0) / count * 1000:.2f} ms per message"))
+    engine.close()
+    return out
+
+
+def event_cost(root: Path, count: int = 300) -> list[tuple[str, str]]:
+    """One event row, as the milter's writer thread stores it per message."""
+    from dsguard.store.db import open_store
+
+    store = open_store(f"sqlite:///{root / 'events-breakdown.sqlite3'}")
+    _record_event(store)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        _record_event(store)
+    elapsed = (time.perf_counter() - t0) / count
+    store.close()
+    return [("store.record_event (SQLite WAL, synchronous=FULL)", f"{elapsed * 1000:.2f} ms per event")]
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def print_report(runs: list[Run], levels: list[int], modes: list[str]) -> None:
+    by_key = {(r.label, r.mode, r.concurrency): r for r in runs}
+    print(
+        "\n| mode | scenario | c | msgs/s | p50 ms | p99 ms | RCPT p50 ms | RCPT p99 ms | "
+        "delivered msgs/s | Postfix CPU ms/msg | dsguard CPU ms/msg | machine busy |"
+    )
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for mode in modes:
+        for c in levels:
+            for name in SCENARIOS:
+                r = by_key.get((name, mode, c))
+                if r is None:
+                    continue
+                print(
+                    f"| {mode} | {name} | {c} | {r.rate:.1f} | {r.pct(0.5) * 1000:.1f} | "
+                    f"{r.pct(0.99) * 1000:.1f} | {r.rcpt_pct(0.5) * 1000:.2f} | "
+                    f"{r.rcpt_pct(0.99) * 1000:.2f} | "
+                    f"{r.delivery_rate or 0:.1f} | {r.server_cpu_per_message * 1000:.2f} | "
+                    f"{r.dsguard_cpu_per_message * 1000:.2f} | {r.machine_busy * 100:.0f} % |"
+                )
+    print("\noverhead against the same Postfix without dsguard (same mode, same concurrency):")
+    for mode in modes:
+        for c in levels:
+            base = by_key.get(("postfix", mode, c))
+            if base is None or not base.rate:
+                continue
+            parts = []
+            pol = by_key.get(("policyd", mode, c))
+            if pol is not None:
+                parts.append(
+                    f"policy server: RCPT p50 {(pol.rcpt_pct(0.5) - base.rcpt_pct(0.5)) * 1000:+.2f} ms, "
+                    f"p99 {(pol.rcpt_pct(0.99) - base.rcpt_pct(0.99)) * 1000:+.2f} ms, "
+                    f"msgs/s {pol.rate / base.rate:.2f}x"
+                )
+            for name in ("milter", "both"):
+                r = by_key.get((name, mode, c))
+                if r is not None:
+                    delivered = (
+                        f", delivered {r.delivery_rate / base.delivery_rate:.2f}x"
+                        if r.delivery_rate and base.delivery_rate
+                        else ""
+                    )
+                    parts.append(f"{name}: msgs/s {r.rate / base.rate:.2f}x{delivered}")
+            print(f"  {mode:11} c={c:<3} " + " | ".join(parts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--duration", type=float, default=8.0, help="counted seconds per run")
+    ap.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds per run")
+    ap.add_argument("--concurrency", default="1,10,50")
+    ap.add_argument("--modes", default="transaction,session")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    modes = args.modes.split(",")
+    chosen = [s for s in SCENARIOS if s in args.scenarios.split(",")]
+
+    tmp = Path(tempfile.mkdtemp(prefix="dsguard-bench-postfix-"))
+    tmp.chmod(0o755)  # the postfix user must reach its queue and data directories
+    print(
+        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    runs: list[Run] = []
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(SmtpSink(tmp / "sink"))
+        dns = stack.enter_context(
+            BenchDnsServer(
+                {
+                    "example.org": [f"@ 300 IN TXT {txt('v=spf1 ip4:127.0.0.0/8 -all')}"],
+                    "contoso.com": [
+                        f"@ 300 IN TXT {txt('v=spf1 ip4:192.0.2.1 -all')}",
+                        f"_dmarc 300 IN TXT {txt('v=DMARC1; p=reject')}",
+                    ],
+                },
+                tmp / "dns",
+            )
+        )
+        config = tmp / "dsguard.toml"
+        config.write_text(
+            to_toml(
+                {
+                    "organization": {"accepted_domains": ["contoso.com"], "reject_direct_send": "on"},
+                    "gateway": {"hostname": "mx.contoso.com", "dns_servers": [dns.nameserver()]},
+                    "storage": {"url": f"sqlite:///{tmp / 'events.sqlite3'}"},
+                }
+            ),
+            encoding="utf-8",
+        )
+        policyd = DsguardDaemon("policyd", config, tmp).start()
+        stack.callback(policyd.stop)
+        milter = DsguardDaemon("milter", config, tmp).start()
+        stack.callback(milter.stop)
+        instances: dict[str, tuple[PostfixInstance, list[DsguardDaemon]]] = {}
+        for name in chosen:
+            with_policyd, with_milter = SCENARIOS[name]
+            used = [d for d, on in ((policyd, with_policyd), (milter, with_milter)) if on]
+            try:
+                instance = PostfixInstance(
+                    tmp / f"postfix-{name}",
+                    sink.port,
+                    settings={
+                        "myhostname": "mx.contoso.com",
+                        "mynetworks": "127.0.0.254/32",
+                        "smtpd_client_connection_count_limit": "0",
+                    },
+                    extra=main_cf_block(
+                        policyd if with_policyd else None, milter if with_milter else None
+                    ),
+                ).start()
+            except PostfixUnavailableError as exc:
+                raise SystemExit(f"bench/postfix.py: {exc}") from None
+            stack.callback(instance.stop)
+            instances[name] = (instance, used)
+        version = next(iter(instances.values()))[0].version
+        print(
+            f"Postfix {version}: "
+            + ", ".join(f"{n} on :{i.port}" for n, (i, _) in instances.items())
+            + f"; policyd :{policyd.port}, milter :{milter.port}, smtp-sink :{sink.port}, "
+            f"nsd {dns.nameserver()}; temp dir {tmp}"
+        )
+        print(f"runs: {args.warmup:g} s warm-up + {args.duration:g} s counted each\n")
+        for mode in modes:
+            for c in levels:
+                for name, (instance, used) in instances.items():
+                    r = measure(name, instance, used, c, mode, args, sink)
+                    runs.append(r)
+                    print(
+                        f"  {name:8} {mode:11} c={c:<3} {r.rate:7.1f} msg/s  p50 "
+                        f"{r.pct(0.5) * 1000:6.1f} ms  p99 {r.pct(0.99) * 1000:6.1f} ms  RCPT p50 "
+                        f"{r.rcpt_pct(0.5) * 1000:5.2f} p99 {r.rcpt_pct(0.99) * 1000:6.2f} ms  "
+                        f"delivered {r.delivered}/{len(r.acked)}"
+                        + (f"  errors {r.errors}" if r.errors else "")
+                        + (f"  unexpected {r.unexpected}" if r.unexpected else ""),
+                        flush=True,
+                    )
+        print_report(runs, levels, modes)
+        decisions: dict[str, int] = {}
+        for record in milter.decisions():
+            key = f"{record['decision']}/{record.get('verdict', '-')}"
+            decisions[key] = decisions.get(key, 0) + 1
+        print(f"\nmilter decisions logged: {decisions}")
+        print("\nwhere the time goes:")
+        costs = policy_alone(policyd) + judge_cost(dns.nameserver()) + event_cost(tmp)
+        for label, figure in costs:
+            print(f"  {label:55} {figure}")
+    if args.keep:
+        print(f"\nkept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The end-of-data decision shared by the front doors that see a message on the wire.
+
+The SMTP gateway and the milter both call :func:`judge_message` once the data is complete:
+incoming headers claiming to be ours are dropped, live SPF/DKIM/DMARC runs through the injected
+resolver (when one is configured), the engine gives its verdict, and the P2 rule (header From)
+is decided with the same guard in both: without a resolver nothing can prove an own-domain
+From, and in a message that was cut at a size limit a DKIM body hash cannot verify, so there
+P2 is recorded (an audit note), never enforced -- enforcing it would refuse legitimate
+DKIM-signed mail. The caller maps the result to its own protocol (SMTP reply or milter action).
+
+Synchronous on purpose (DNS, DKIM and the engine block): callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dsguard.auth.live import authenticate, authentication_results_header
+from dsguard.auth.resolver import Resolver
+from dsguard.auth.summary import AuthSummary
+from dsguard.config import Config
+from dsguard.engine import Engine
+from dsguard.gateway.headers import strip_our_headers
+from dsguard.mail.addresses import Mailbox
+from dsguard.mail.message import ParsedMessage
+from dsguard.model import Envelope, RdsDecision, Verdict
+
+# The replies every front door gives for these outcomes (the P1/P2 refusals are Microsoft's
+# text, in policy.rds). An internal fault is never a permanent 5xx (design contract).
+TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+MALICIOUS_REJECT = "550 5.7.1 Message rejected as malicious by policy"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """What the end-of-data stage decided about one message."""
+
+    cleaned: bytes  # the message without header fields that claim to be ours
+    msg: ParsedMessage
+    header_from: Mailbox | None
+    auth: AuthSummary
+    ar_value: str | None  # our Authentication-Results value (None without a resolver)
+    verdict: Verdict
+    p2: RdsDecision | None
+    p2_refused: bool  # refuse now with ``p2.reply``
+    notes: tuple[str, ...]  # audit notes this stage adds (X-Dsguard-Audit)
+
+    @property
+    def p2_value(self) -> str:
+        return self.p2.outcome.value if self.p2 else "unknown"
+
+
+def first_from(msg: ParsedMessage) -> Mailbox | None:
+    for fld in msg.from_fields:
+        if fld.first is not None:
+            return fld.first
+    return None
+
+
+def judge_message(
+    engine: Engine,
+    resolver: Resolver | None,
+    config: Config,
+    env: Envelope,
+    raw: bytes,
+    *,
+    truncated: bool = False,
+    size: int | None = None,
+) -> Judgement:
+    """Judge ``raw`` (received from ``env``); ``truncated``: only the first bytes were kept
+    (``size`` is the full size), which the verdict reports as LIMIT_MESSAGE_SIZE."""
+    authserv_id = config.gateway.hostname
+    cleaned = strip_our_headers(raw, authserv_id, config.gateway.header_prefix)
+    msg = ParsedMessage(cleaned, config.limits, truncated=truncated, size=size)
+    header_from = first_from(msg)
+    auth: AuthSummary = AuthSummary(source="none")
+    ar_value: str | None = None
+    if resolver is not None:
+        live = authenticate(
+            cleaned,
+            client_ip=env.client_ip or "",
+            helo=env.helo or "",
+            mail_from=env.mail_from or "",
+            header_from_domain=header_from.domain if header_from else None,
+            resolver=resolver,
+            authserv_id=authserv_id,
+        )
+        auth = live.summary
+        ar_value = authentication_results_header(authserv_id, live)
+    verdict = engine.evaluate(msg, env, auth, accepted=engine.accepted)
+    p2 = verdict.rds[1] if len(verdict.rds) > 1 else None
+    notes: list[str] = []
+    refused = False
+    if p2 is not None and p2.enforced and not auth.known:
+        notes.append(f"would refuse (P2, not enforced without DNS): {p2.reason}")
+    elif p2 is not None and p2.enforced and truncated:
+        notes.append(f"would refuse (P2, not enforced on a truncated message): {p2.reason}")
+    elif p2 is not None and p2.enforced:
+        refused = True
+    elif p2 is not None and p2.would_reject and config.organization.reject_direct_send == "audit":
+        notes.append(f"would refuse (P2): {p2.reason}")
+    return Judgement(
+        cleaned=cleaned,
+        msg=msg,
+        header_from=header_from,
+        auth=auth,
+        ar_value=ar_value,
+        verdict=verdict,
+        p2=p2,
+        p2_refused=refused,
+        notes=tuple(notes),
+    )
