@@ -11,6 +11,7 @@ overwritten (``secure_delete``) so a deleted message does not linger in free pag
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -125,6 +126,25 @@ def open_store(url: str) -> Store:
     or the database cannot be opened.
     """
     parsed, shown = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        # Two processes creating the same new file at once (gateway and web UI started
+        # together) could meet "database is locked" while one switches it to WAL, before
+        # busy_timeout applies everywhere: serialise opening with a lock file beside it.
+        lock_path = Path(f"{parsed.database or ''}.lock")
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _open_error(shown, exc, _secrets(parsed)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return _open(parsed, shown)
+        finally:
+            os.close(fd)  # releases the lock
+    return _open(parsed, shown)
+
+
+def _open(parsed: URL, shown: str) -> Store:
     secrets = _secrets(parsed)
     try:
         if parsed.get_backend_name() == "sqlite":
