@@ -11,7 +11,6 @@ import typer
 
 from dsguard.cli.common import config_or_exit, store_or_exit
 from dsguard.cli.errors import fail
-from dsguard.gateway.spool import Spool
 
 app = typer.Typer(help="Review mail the gateway quarantined.", no_args_is_help=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="dsguard TOML config file.")]
@@ -118,28 +117,16 @@ def show(
 @app.command("release")
 def release(qid: str, config: ConfigOpt = None) -> None:
     """Release a message: it is queued to the downstream server through the gateway's spool."""
-    from dsguard.store import repository as repo
+    from dsguard.quarantine import ReleaseError
+    from dsguard.quarantine import release as release_message
 
     cfg = config_or_exit(config)
     store = store_or_exit(cfg)
-    item = repo.get_quarantined(store, qid)
-    if item is None:
-        fail(f"quarantine release: no message {qid!r}")
-    if item.status != "held" or item.raw is None:
-        fail(f"quarantine release: {qid} is {item.status}")
-    # Mark first: the status change is atomic in the database, so two concurrent releases
-    # cannot both queue the message.
-    if not repo.mark_released(store, qid, ACTOR):
-        fail(f"quarantine release: {qid} is no longer held")
-    spool = Spool(Path(cfg.gateway.spool_dir))
     try:
-        entry = spool.enqueue(item.raw, item.mail_from, item.rcpt_to, {"released_from": qid})
-    except OSError as exc:
-        fail(
-            f"quarantine release: {qid} marked released but could not be queued ({exc}); "
-            f"download it with 'dsguard quarantine show --raw {qid}'"
-        )
-    typer.echo(f"released {qid}: queued as {entry.id}")
+        released = release_message(store, cfg.gateway.spool_dir, qid, ACTOR)
+    except ReleaseError as exc:
+        fail(f"quarantine release: {exc}")
+    typer.echo(f"released {qid}: queued as {released.spool_id}")
 
 
 @app.command("delete")
