@@ -316,6 +316,58 @@ class Milter(_Strict):
         return _check_hostport(value, "listen")
 
 
+class Web(_Strict):
+    """The admin web UI (``dsguard web``): quarantine, dashboard, scan uploads, JSON API.
+
+    Bound to loopback by default; put it behind a TLS-terminating reverse proxy (and list the
+    proxy in ``trusted_proxies``) or give it ``tls_cert``/``tls_key`` before exposing it.
+    """
+
+    listen: str = "127.0.0.1:8025"
+    # Key that signs session and sign-in cookies; created (0600, 32 random bytes) on first
+    # start when absent. Relative paths are relative to the config file.
+    session_secret_file: str = "var/web-session.key"  # noqa: S105 -- a path, not a secret
+    # Total request body of one scan upload (all files together); 413 above.
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_upload_files: int = Field(default=20, gt=0, le=1000)
+    # Failed sign-ins allowed per client IP and per user name within login_window seconds;
+    # further attempts are refused with 429 until the window has passed.
+    login_max_failures: int = Field(default=5, gt=0)
+    login_window: float = Field(default=900.0, gt=0)
+    # A session ends after this many seconds without a request, and at the latest after
+    # session_max_age seconds (sign in again).
+    session_idle_timeout: float = Field(default=1800.0, gt=0)
+    session_max_age: float = Field(default=12 * 3600.0, gt=0)
+    # Serve HTTPS directly (cookies then get the Secure flag).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Reverse proxies whose X-Forwarded-For/-Proto are believed (client IP for login
+    # throttling, https for Secure cookies). Empty: none.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_hostport(value, "listen")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for value in values:
+            try:
+                out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _web_tls_pair(self) -> Web:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
 class Storage(_Strict):
     url: str = "sqlite:///var/dsguard.sqlite3"
 
@@ -333,6 +385,7 @@ class Config(_Strict):
     policyd: Policyd = Field(default_factory=Policyd)
     milter: Milter = Field(default_factory=Milter)
     storage: Storage = Field(default_factory=Storage)
+    web: Web = Field(default_factory=Web)
     # Where the file came from (for messages); not a TOML key.
     source: str = Field(default="<defaults>", exclude=True)
 
@@ -430,4 +483,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         url = prefix + str(base / url[len(prefix) :])
     storage = config.storage.model_copy(update={"url": url})
-    return config.model_copy(update={"gateway": gateway, "intel": intel, "storage": storage})
+    web = config.web.model_copy(
+        update={
+            "session_secret_file": rel(config.web.session_secret_file),
+            "tls_cert": rel(config.web.tls_cert),
+            "tls_key": rel(config.web.tls_key),
+        }
+    )
+    return config.model_copy(
+        update={"gateway": gateway, "intel": intel, "storage": storage, "web": web}
+    )

@@ -20,6 +20,7 @@ from dsguard.cli import (
     scan_cmd,
     spool_cmd,
     user_cmd,
+    web_cmd,
 )
 
 app = typer.Typer(
@@ -42,6 +43,8 @@ app.add_typer(user_cmd.app, name="user")
 app.add_typer(quarantine_cmd.app, name="quarantine")
 app.add_typer(spool_cmd.app, name="spool")
 app.add_typer(m365_cmd.app, name="m365")
+app.command("web")(web_cmd.web)
+app.add_typer(web_cmd.admin_app, name="admin")
 
 
 @app.command("version")
