@@ -46,13 +46,7 @@ class Connector(_Strict):
     @field_validator("sender_ip_ranges")
     @classmethod
     def _ranges(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
-        for value in values:
-            try:
-                out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
-        return tuple(out)
+        return _cidr_ranges(values)
 
     @field_validator("sender_domains")
     @classmethod
@@ -118,13 +112,7 @@ class Trust(_Strict):
     @field_validator("internal_networks")
     @classmethod
     def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
-        for value in values:
-            try:
-                out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
-        return tuple(out)
+        return _cidr_ranges(values)
 
 
 class Composite(_Strict):
@@ -205,6 +193,17 @@ class Lures(_Strict):
                         f"{finding_id}: bad regular expression {regex!r}: {exc}"
                     ) from None
         return values
+
+
+def _cidr_ranges(values: tuple[str, ...]) -> tuple[str, ...]:
+    """CIDR ranges (a bare address is a /32 or /128), normalised; one clear error per bad one."""
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
+    return tuple(out)
 
 
 def _check_hostport(value: str, what: str) -> str:
@@ -353,13 +352,7 @@ class Web(_Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        out = []
-        for value in values:
-            try:
-                out.append(str(ipaddress.ip_network(value.strip(), strict=False)))
-            except ValueError:
-                raise ValueError(f"{value!r} is not an IP address or CIDR range") from None
-        return tuple(out)
+        return _cidr_ranges(values)
 
     @model_validator(mode="after")
     def _web_tls_pair(self) -> Web:
