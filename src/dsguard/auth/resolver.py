@@ -17,12 +17,24 @@ SECURITY: names come from hostile mail (MAIL FROM, DKIM ``d=``/``s=``, header Fr
 parsed by dnspython, which rejects malformed names before anything is sent; each query is bounded
 by ``timeout`` per attempt and ``lifetime`` overall, and answers are capped at
 ``MAX_RECORDS`` records so a hostile zone cannot make a caller iterate over megabytes of data.
+
+Caching: answers (NXDOMAIN and NODATA too) are kept in a :class:`DnsCache` for their TTL, so
+the SPF, DKIM and DMARC lookups of the next message from the same sender cost no round trip.
+Positive answers live for the smallest TTL of their answer section, at most ``max_ttl``;
+negative ones for the SOA minimum (RFC 2308: min(SOA TTL, SOA MINIMUM)), at most
+``negative_ttl``. Errors (timeouts, SERVFAIL) are never cached. The cache is bounded
+(``cache_size`` entries, least recently used out first) so hostile senders naming millions of
+domains cannot grow it, and a lock makes it safe for the worker threads that share one
+resolver. A hostile zone can only choose how long its own answers are kept, within the caps.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dns.exception
@@ -32,11 +44,15 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
+import dns.ttl
 
 from dsguard.errors import DsguardError
 
 MAX_RECORDS = 64  # per answer; SPF/DKIM/DMARC need far fewer (RFC 7208 4.6.4: 10 MX names)
 _EDNS_PAYLOAD = 1232  # the DNS Flag Day 2020 size: large TXT (DKIM keys) without fragmentation
+CACHE_SIZE = 4096  # answers kept (a few hundred bytes each)
+MAX_TTL = 3600.0  # seconds a positive answer is kept at most (a revoked DKIM key counts too)
+NEGATIVE_TTL = 300.0  # seconds an NXDOMAIN/NODATA is kept at most
 
 #: The value of one record: an address or name (A, AAAA, PTR, CNAME, NS), the character
 #: strings of a TXT/SPF record, an MX ``(preference, exchange)``, or the presentation text of
@@ -129,15 +145,107 @@ def _value(rdata: object) -> RecordValue:
     return str(rdata)
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """One answer as :meth:`Resolver.query` builds it, without the caller's spelling of the
+    name (``owner`` is None where the record belongs to the name asked for)."""
+
+    records: tuple[tuple[str | None, str, RecordValue], ...]
+    expires: float
+
+
+class DnsCache:
+    """A bounded, thread-safe TTL cache of answers, keyed by (name, type).
+
+    ``clock`` is monotonic seconds (tests pass their own to expire entries without waiting).
+    """
+
+    def __init__(
+        self,
+        size: int = CACHE_SIZE,
+        *,
+        max_ttl: float = MAX_TTL,
+        negative_ttl: float = NEGATIVE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if size < 1:
+            raise ValueError("cache size must be at least 1")
+        self.size = size
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self.clock = clock
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[dns.name.Name, int]) -> _Cached | None:
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            if entry.expires <= now:
+                del self._entries[key]
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(
+        self,
+        key: tuple[dns.name.Name, int],
+        records: tuple[tuple[str | None, str, RecordValue], ...],
+        ttl: float,
+    ) -> None:
+        """Keep ``records`` for ``ttl`` seconds, capped (``negative_ttl`` for an empty answer,
+        ``max_ttl`` otherwise); a TTL of 0 is not kept at all."""
+        ttl = min(ttl, self.max_ttl if records else self.negative_ttl)
+        if ttl <= 0:
+            return
+        entry = _Cached(records, self.clock() + ttl)
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _negative_ttl(response: dns.message.Message | None) -> float:
+    """How long an NXDOMAIN/NODATA may be kept: min(SOA TTL, SOA MINIMUM) from the authority
+    section (RFC 2308 section 5); 0 (not kept) without a usable SOA."""
+    if not isinstance(response, dns.message.QueryMessage):
+        return 0.0
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, getattr(rrset[0], "minimum", 0)))
+    return 0.0
+
+
 class Resolver:
     """dnspython-based resolver pinned to the configured nameservers.
 
     Never reads ``/etc/resolv.conf`` unless built with :meth:`system`. ``timeout`` bounds one
     attempt at one server, ``lifetime`` the whole lookup including retries and TCP fallback.
+    ``cache``: a :class:`DnsCache` of its own (the default), one to share, or None for none.
     """
 
     def __init__(
-        self, nameservers: Sequence[str], *, timeout: float = 3.0, lifetime: float = 6.0
+        self,
+        nameservers: Sequence[str],
+        *,
+        timeout: float = 3.0,
+        lifetime: float = 6.0,
+        cache: DnsCache | bool | None = True,
     ) -> None:
         if isinstance(nameservers, str):
             raise TypeError("nameservers must be a sequence of strings, not one string")
@@ -146,29 +254,41 @@ class Resolver:
         servers = [_parse_nameserver(item) for item in nameservers]
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(a, p) for a, p in servers]
-        self._setup(resolver, timeout, lifetime)
+        self._setup(resolver, timeout, lifetime, cache)
         self.nameservers: tuple[str, ...] = tuple(
             f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in servers
         )
 
-    def _setup(self, resolver: dns.resolver.Resolver, timeout: float, lifetime: float) -> None:
+    def _setup(
+        self,
+        resolver: dns.resolver.Resolver,
+        timeout: float,
+        lifetime: float,
+        cache: DnsCache | bool | None,
+    ) -> None:
         if timeout <= 0 or lifetime <= 0:
             raise ValueError("timeout and lifetime must be positive")
         resolver.timeout = timeout
         resolver.lifetime = lifetime
         resolver.use_edns(0, 0, _EDNS_PAYLOAD)
         resolver.search = []
-        resolver.cache = None
+        resolver.cache = None  # ours below: it keeps the converted records, and caps TTLs
         self._resolver = resolver
+        # (not "cache or None": an empty DnsCache is falsy)
+        self.cache: DnsCache | None = (
+            DnsCache() if cache is True else (cache if isinstance(cache, DnsCache) else None)
+        )
         self.timeout = timeout
         self.lifetime = lifetime
 
     @classmethod
-    def system(cls, *, timeout: float = 3.0, lifetime: float = 6.0) -> Resolver:
+    def system(
+        cls, *, timeout: float = 3.0, lifetime: float = 6.0, cache: DnsCache | bool | None = True
+    ) -> Resolver:
         """The resolvers of ``/etc/resolv.conf``: for production use only, never in tests."""
         self = cls.__new__(cls)
         resolver = dns.resolver.Resolver(configure=True)
-        self._setup(resolver, timeout, lifetime)
+        self._setup(resolver, timeout, lifetime, cache)
         self.nameservers = tuple(str(ns) for ns in resolver.nameservers)
         return self
 
@@ -186,12 +306,27 @@ class Resolver:
         """
         qname = _name(name)
         qtype = _rdtype(rdtype)
+        asked = name.strip().rstrip(".").lower()
+        key = (qname, int(qtype))
+        cache = self.cache
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return [
+                    DnsRecord(asked if owner is None else owner, type_text, value)
+                    for owner, type_text, value in hit.records
+                ]
         budget = self.lifetime if lifetime is None else max(0.05, min(lifetime, self.lifetime))
         try:
             answer = self._resolver.resolve(
                 qname, qtype, raise_on_no_answer=False, lifetime=budget, search=False
             )
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except dns.resolver.NXDOMAIN as exc:
+            if cache is not None:
+                responses = exc.kwargs.get("responses") or {}
+                cache.put(key, (), _negative_ttl(responses.get(qname)))
+            return []
+        except dns.resolver.NoAnswer:
             return []
         except dns.resolver.YXDOMAIN as exc:
             raise DnsPermError(f"{name[:80]}: name too long after DNAME substitution") from exc
@@ -207,18 +342,27 @@ class Resolver:
             raise DnsTempError(f"{_plain(qname)} {rdtype}: {type(exc).__name__}") from exc
         except OSError as exc:  # e.g. no route to the configured server
             raise DnsTempError(f"{_plain(qname)} {rdtype}: {exc.strerror or exc}") from exc
-        asked = name.strip().rstrip(".").lower()
-        records: list[DnsRecord] = []
-        for rrset in answer.response.answer:
+        response = answer.response
+        kept: list[tuple[str | None, str, RecordValue]] = []
+        ttl: float = dns.ttl.MAX_TTL
+        for rrset in response.answer:
             type_text = dns.rdatatype.to_text(rrset.rdtype)
+            ttl = min(ttl, rrset.ttl)
             # The owner of the first RRset is the name asked for, in the caller's spelling
             # (an IDN asked as U-label comes back as A-label).
-            owner = asked if rrset.name == qname else _plain(rrset.name)
+            owner = None if rrset.name == qname else _plain(rrset.name)
             for rdata in rrset:
-                if len(records) >= MAX_RECORDS:
-                    return records
-                records.append(DnsRecord(owner, type_text, _value(rdata)))
-        return records
+                if len(kept) >= MAX_RECORDS:
+                    break
+                kept.append((owner, type_text, _value(rdata)))
+        if cache is not None:
+            if not kept:  # NODATA: as long as the SOA says
+                ttl = _negative_ttl(response)
+            cache.put(key, tuple(kept), ttl)
+        return [
+            DnsRecord(asked if owner is None else owner, type_text, value)
+            for owner, type_text, value in kept
+        ]
 
     def _final(self, name: str, rdtype: str) -> list[RecordValue]:
         """Values of ``rdtype`` for ``name``, at the end of any CNAME chain the server sent
