@@ -33,7 +33,8 @@ scenarios are interleaved per level, so drifting background load hits all alike.
 
 Then, to see where the time goes: the policy server alone (one connection, sequential
 requests, as Postfix's smtpd sends them), and in this process the milter's end-of-message work
-(``policy.judge.judge_message`` on the newsletter, with and without DNS) and the event row it
+(``policy.judge.judge_message`` on the newsletter: without DNS, with DNS and no cache, with
+DNS answered from the resolver's TTL cache as in the milter) and the event row it
 stores per message; the rest of the milter's CPU per message (the "dsguard CPU" column) is the
 protocol, asyncio and the hand-offs to worker threads.
 """
@@ -95,6 +96,40 @@ POLICY_REQUEST = (
     "sender={sender}\nrecipient=joe@contoso.com\nsasl_username=\nccert_subject=\n"
     "queue_id=\nsize=5300\ninstance=1.2.3\n\n"
 )
+
+
+class MilterDaemon(DsguardDaemon):
+    """``dsguard milter`` with ``--workers N`` (the fixture starts one process)."""
+
+    def __init__(self, config: Path, workdir: Path, workers: int) -> None:
+        super().__init__("milter", config, workdir)
+        self.workers = workers
+        self.pids: list[int] = []
+
+    def start(self) -> MilterDaemon:
+        if self.workers == 1:
+            super().start()
+            return self
+        import subprocess
+
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dsguard", "milter", "--config", str(self.config),
+                 "--listen", f"{HOST}:0", "--workers", str(self.workers)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            ready = [r for r in self.records() if r.get("event") == "ready"]
+            started = [r for r in self.records() if r.get("event") == "worker_ready"]
+            if ready and len(started) >= self.workers:
+                self.port = int(ready[-1]["milter"].rsplit(":", 1)[1])
+                return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"dsguard milter did not start:\n{self.log_text()}")
+            time.sleep(0.05)
 
 
 class BenchDnsServer(DnsServer):
@@ -227,6 +262,7 @@ def measure(
     run = Run(name, concurrency, mode, args.duration)
     busy0, total0 = machine_busy()
     postfix_cpu = SessionCpu(postfix.sid)
+    # The daemons run in sessions of their own: a session counts every worker of --workers.
     dsguard_cpu = [SessionCpu(d.proc.pid) for d in daemons if d.proc is not None]
     asyncio.run(_load(run, postfix.port, args.warmup, args.duration))
     busy1, total1 = machine_busy()
@@ -295,7 +331,11 @@ def judge_cost(nameserver: str, count: int = 200) -> list[tuple[str, str]]:
     out = []
     for label, resolver in (
         ("judge_message, no DNS (parse, checks, score)", None),
-        ("judge_message with live SPF/DKIM/DMARC (local nsd)", Resolver([nameserver], timeout=2.0)),
+        (
+            "judge_message, live SPF/DKIM/DMARC, no DNS cache (nsd)",
+            Resolver([nameserver], timeout=2.0, cache=None),
+        ),
+        ("judge_message, live SPF/DKIM/DMARC, answers cached", Resolver([nameserver], timeout=2.0)),
     ):
         judge_message(engine, resolver, cfg, env, raw)  # warm
         t0 = time.perf_counter()
@@ -378,6 +418,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,10,50")
     ap.add_argument("--modes", default="transaction,session")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--milter-workers", type=int, default=1, help="dsguard milter --workers N")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -388,7 +429,8 @@ def main() -> None:
     tmp.chmod(0o755)  # the postfix user must reach its queue and data directories
     print(
         f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"milter workers {args.milter_workers}"
     )
     runs: list[Run] = []
     with contextlib.ExitStack() as stack:
@@ -418,7 +460,7 @@ def main() -> None:
         )
         policyd = DsguardDaemon("policyd", config, tmp).start()
         stack.callback(policyd.stop)
-        milter = DsguardDaemon("milter", config, tmp).start()
+        milter = MilterDaemon(config, tmp, args.milter_workers).start()
         stack.callback(milter.stop)
         instances: dict[str, tuple[PostfixInstance, list[DsguardDaemon]]] = {}
         for name in chosen:

@@ -16,6 +16,8 @@ from dsguard.cli.errors import fail
 from dsguard.config import load_config
 from dsguard.errors import ConfigError
 
+SWITCH_INTERVAL = 0.0005
+
 
 def policyd(
     config: Annotated[Path, typer.Option("--config", "-c", help="dsguard TOML config file.")],
@@ -37,6 +39,9 @@ def policyd(
         fail(f"--listen: {address!r} is not HOST:PORT")
     store = store_or_exit(cfg)
     configure_logging()
+    # The event writer thread must not hold the GIL for Python's default 5 ms while a reply
+    # waits (the milter's setting, for the same reason).
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def run() -> None:
         server = PolicyServer(cfg, store)

@@ -39,9 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import json
 import logging
-from collections.abc import Awaitable
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -215,14 +218,25 @@ class MilterSession:
         self.writer.write(b"".join(packets))
         await self.writer.drain()
 
-    async def with_progress(self, work: Awaitable[T]) -> T:
-        """Await ``work``, telling the MTA every PROGRESS_INTERVAL that we are still on it."""
-        task = asyncio.ensure_future(work)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=PROGRESS_INTERVAL)
-            if done:
-                return task.result()
-            await self.send(mp.PROGRESS)
+    async def in_thread(self, func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        """``func(*args, **kwargs)`` in a worker thread (what ``asyncio.to_thread`` does,
+        without its Task), telling the MTA every PROGRESS_INTERVAL that we are still on it."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        future = loop.run_in_executor(None, call)
+        timer: asyncio.TimerHandle | None = None
+
+        def progress() -> None:
+            nonlocal timer
+            if not future.done() and not self.writer.is_closing():
+                self.writer.write(mp.PROGRESS)
+                timer = loop.call_later(PROGRESS_INTERVAL, progress)
+
+        timer = loop.call_later(PROGRESS_INTERVAL, progress)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     # -- dispatch ---------------------------------------------------------------------------
     async def handle(self, packet: mp.Packet) -> bool:
@@ -349,12 +363,16 @@ class MilterSession:
         p1 = decide_p1(mode, rt.engine.accepted, txn.attribution, domain_of(txn.mail_from) or None)
         txn.p1_outcome = p1.outcome.value
         if p1.enforced:
+            await self.send(mp.reply_code(p1.reply))  # the reply first, the records after
             if not txn.refused_recorded:
                 txn.refused_recorded = True
-                env = self.envelope(txn, (*txn.rcpts, recipient))
-                self.record(env, txn, p2="unknown", decision="refused", verdict=None)
-                self.log_decision(env, txn.attribution, "refused", reason="P1 " + p1.reason)
-            await self.send(mp.reply_code(p1.reply))
+
+                def refused() -> None:
+                    env = self.envelope(txn, (*txn.rcpts, recipient))
+                    self.record(env, txn, p2="unknown", decision="refused", verdict=None)
+                    self.log_decision(env, txn.attribution, "refused", reason="P1 " + p1.reason)
+
+                self.after_reply(refused)
             return True
         if p1.would_reject and mode == "audit":
             note = f"would refuse (P1): {p1.reason}"
@@ -410,33 +428,59 @@ class MilterSession:
         env = self.envelope(txn)
         queue_id = self.macro("i") or None
         if txn.forged_overflow:
-            self.record(env, txn, p2="unknown", decision="tempfail", verdict=None, queue_id=queue_id)
-            self.log_decision(env, txn.attribution, "tempfail", reason="too many forged fields")
             await self.send(mp.reply_code(TOO_MANY_FORGED))
+
+            def tempfailed() -> None:
+                self.record(
+                    env, txn, p2="unknown", decision="tempfail", verdict=None, queue_id=queue_id
+                )
+                self.log_decision(env, txn.attribution, "tempfail", reason="too many forged fields")
+
+            self.after_reply(tempfailed)
             return
         rt = self.runtime
-        judged = await self.with_progress(
-            asyncio.to_thread(
-                judge_message,
-                rt.engine,
-                rt.resolver,
-                rt.config,
-                env,
-                txn.message(),
-                truncated=txn.truncated,
-                size=txn.size,
-            )
+        judged = await self.in_thread(
+            judge_message,
+            rt.engine,
+            rt.resolver,
+            rt.config,
+            env,
+            txn.message(),
+            truncated=txn.truncated,
+            size=txn.size,
         )
-        await self.send(*self.verdict_packets(env, txn, judged, queue_id))
+        done: list[Callable[[], None]] = []
+        packets = self.verdict_packets(env, txn, judged, queue_id, done)
+        await self.send(*packets)  # the reply first: the event and the log line after
+        for record in done:
+            self.after_reply(record)
+
+    def after_reply(self, record: Callable[[], None]) -> None:
+        """Record a decision whose reply is sent: a fault here is logged, never answered (a
+        second reply to the same event would put Postfix and us out of step)."""
+        try:
+            record()
+        except Exception as exc:
+            log.error("milter: recording a decision failed: %s: %s", type(exc).__name__, exc)
 
     def verdict_packets(
-        self, env: Envelope, txn: Transaction, judged: Judgement, queue_id: str | None
+        self,
+        env: Envelope,
+        txn: Transaction,
+        judged: Judgement,
+        queue_id: str | None,
+        done: list[Callable[[], None]],
     ) -> list[bytes]:
+        """The packets that answer the end of message; what to record once they are sent is
+        appended to ``done``."""
         verdict = judged.verdict
         notes = txn.audit_notes + list(judged.notes)
         msg = judged.msg
 
         def decide(decision: str, reason: str = "") -> None:
+            done.append(functools.partial(record, decision, reason))
+
+        def record(decision: str, reason: str) -> None:
             self.record(
                 env,
                 txn,
@@ -563,16 +607,31 @@ class MilterServer:
             return
         self.connections += 1
         session = MilterSession(self, writer)
+        packets = mp.PacketReader(reader)
+        # One timer per connection, not one per packet: it fires every IDLE_TIMEOUT and
+        # closes the connection when no packet came in that long.
+        loop = asyncio.get_running_loop()
+        last_packet = loop.time()
+        idle = False
+        watchdog: asyncio.TimerHandle | None = None
+
+        def check_idle() -> None:
+            nonlocal watchdog, idle
+            left = last_packet + IDLE_TIMEOUT - loop.time()
+            if left > 0:
+                watchdog = loop.call_later(left, check_idle)
+                return
+            idle = True
+            log.info("milter: connection idle for %.0f s, closing", IDLE_TIMEOUT)
+            writer.transport.abort()
+
+        watchdog = loop.call_later(IDLE_TIMEOUT, check_idle)
         try:
             while True:
-                try:
-                    async with asyncio.timeout(IDLE_TIMEOUT):
-                        packet = await mp.read_packet(reader)
-                except TimeoutError:
-                    log.info("milter: connection idle for %.0f s, closing", IDLE_TIMEOUT)
+                packet = await packets.next()
+                if idle or packet is None:
                     return
-                if packet is None:
-                    return
+                last_packet = loop.time()
                 if isinstance(packet, mp.Malformed):
                     session.malformed(packet)
                     return
@@ -581,14 +640,22 @@ class MilterServer:
         except (ConnectionError, OSError):
             return
         finally:
+            watchdog.cancel()
             self.connections -= 1
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self.handle, host, port, reuse_address=True)
-        sock = self.server.sockets[0].getsockname()
-        return sock[0], sock[1]
+    async def start(
+        self, host: str, port: int, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Listen on ``host:port``, or accept on ``sock``, a listening socket made by the caller
+        (the worker processes of ``dsguard milter --workers``)."""
+        if sock is not None:
+            self.server = await asyncio.start_server(self.handle, sock=sock)
+        else:
+            self.server = await asyncio.start_server(self.handle, host, port, reuse_address=True)
+        bound = self.server.sockets[0].getsockname()
+        return bound[0], bound[1]
 
     async def stop(self) -> None:
         if self.server is not None:

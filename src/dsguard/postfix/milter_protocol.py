@@ -182,6 +182,56 @@ async def read_packet(
     return Packet(body[:1], body[1:])
 
 
+class PacketReader:
+    """Packets from a stream, read in large chunks: one ``read`` returns every packet the MTA
+    wrote at once (a message's header packets, its macros and events come in bursts), which
+    costs far less than two ``readexactly`` calls per packet. The same limits as
+    :func:`read_packet`: a length over ``max_bytes`` is Malformed before its data is read, so
+    the buffer never holds more than one packet and one chunk."""
+
+    CHUNK = 65536
+
+    def __init__(self, reader: asyncio.StreamReader, max_bytes: int = MAX_PACKET_BYTES) -> None:
+        self._reader = reader
+        self._max = max_bytes
+        self._buf = bytearray()
+        self._pos = 0
+
+    async def next(self) -> Packet | Malformed | None:
+        """The next packet; None at a clean end of stream (between packets)."""
+        buf = self._buf
+        while True:
+            pos = self._pos
+            available = len(buf) - pos
+            if available >= MILTER_LEN_BYTES:
+                length = int.from_bytes(buf[pos : pos + MILTER_LEN_BYTES], "big")
+                if length < 1:
+                    return Malformed("packet length 0 (no command byte)")
+                if length > self._max:
+                    return Malformed(f"packet length {length} over the limit of {self._max}")
+                start = pos + MILTER_LEN_BYTES
+                end = start + length
+                if end <= len(buf):
+                    packet = Packet(bytes(buf[start : start + 1]), bytes(buf[start + 1 : end]))
+                    if end == len(buf):
+                        buf.clear()
+                        self._pos = 0
+                    else:
+                        self._pos = end
+                    return packet
+            if pos:
+                del buf[:pos]
+                self._pos = 0
+            chunk = await self._reader.read(self.CHUNK)
+            if not chunk:
+                if not buf:
+                    return None
+                if len(buf) < MILTER_LEN_BYTES:
+                    return Malformed("stream ended inside a length prefix")
+                return Malformed("stream ended inside a packet")
+            buf += chunk
+
+
 def encode(command: bytes, data: bytes = b"") -> bytes:
     return struct.pack(">I", len(data) + 1) + command + data
 

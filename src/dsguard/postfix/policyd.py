@@ -92,6 +92,46 @@ def parse_request(lines: list[bytes]) -> dict[str, str] | None:
     return attrs
 
 
+TOO_LARGE: list[bytes] = []  # RequestReader.next(): a request over MAX_REQUEST_BYTES
+
+
+class RequestReader:
+    """Requests from one connection, read in chunks rather than line by line: a request is
+    the lines up to the first empty one (``\n``, or ``\r\n`` from a lenient client)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buf = b""
+
+    def _split(self) -> list[bytes] | None:
+        buf = self._buf
+        if buf.startswith((b"\n", b"\r\n")):  # an empty request
+            self._buf = buf[buf.index(b"\n") + 1 :]
+            return []
+        ends = [i for i in (buf.find(b"\n\n"), buf.find(b"\n\r\n")) if i >= 0]
+        if not ends:
+            return None
+        end = min(ends)
+        request, self._buf = buf[:end], buf[buf.index(b"\n", end + 1) + 1 :]
+        if end + 1 > MAX_REQUEST_BYTES:
+            return TOO_LARGE
+        return [line.rstrip(b"\r") for line in request.split(b"\n")]
+
+    async def next(self) -> list[bytes] | None:
+        """The lines of the next request (``TOO_LARGE`` when over the limit), None at the end
+        of the stream."""
+        while True:
+            lines = self._split()
+            if lines is not None:
+                return lines
+            if len(self._buf) > MAX_REQUEST_BYTES:
+                return TOO_LARGE
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+
+
 class PolicyServer:
     def __init__(self, config: Config, store: Store | None) -> None:
         self.decider = PolicyDecider(config)
@@ -102,46 +142,52 @@ class PolicyServer:
         self.decider = PolicyDecider(config)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Postfix keeps the connection open and sends many requests on it.
+        # Postfix keeps the connection open and sends many requests on it, one at a time.
+        # Each reply is one write (the transport sends it at once: asyncio sets TCP_NODELAY),
+        # written before the event is queued and the log line is written.
+        requests = RequestReader(reader)
         try:
             while True:
-                lines: list[bytes] = []
-                size = 0
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        return
-                    size += len(line)
-                    if size > MAX_REQUEST_BYTES:
-                        writer.write(f"action={TEMPFAIL}\n\n".encode())
-                        await writer.drain()
-                        return
-                    line = line.rstrip(b"\n")
-                    if not line.rstrip(b"\r"):
-                        break
-                    lines.append(line)
-                answer = self._answer(lines)
-                writer.write(f"action={answer}\n\n".encode())
+                lines = await requests.next()
+                if lines is None:
+                    return
+                if lines is TOO_LARGE:
+                    writer.write(f"action={TEMPFAIL}\n\n".encode())
+                    await writer.drain()
+                    return
+                action, attrs, answer = self._answer(lines)
+                writer.write(f"action={action}\n\n".encode())
+                if attrs is not None and answer is not None:
+                    self._record(attrs, answer)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             writer.close()
 
-    def _answer(self, lines: list[bytes]) -> str:
+    def _answer(
+        self, lines: list[bytes]
+    ) -> tuple[str, dict[str, str] | None, PolicyAnswer | None]:
+        """(the action, and the request and answer to record when there is one to record)."""
         try:
             attrs = parse_request(lines)
             if attrs is None:
-                return TEMPFAIL
+                return TEMPFAIL, None, None
             answer = self.decider.decide(attrs)
             if answer.decision in ("refused", "audited"):
-                self._record(attrs, answer)
-            return answer.action
+                return answer.action, attrs, answer
+            return answer.action, None, None
         except Exception as exc:  # never a permanent reject for our fault
             log.error("policy request failed: %s: %s", type(exc).__name__, exc)
-            return TEMPFAIL
+            return TEMPFAIL, None, None
 
     def _record(self, attrs: Mapping[str, str], answer: PolicyAnswer) -> None:
+        try:
+            self._record_event(attrs, answer)
+        except Exception as exc:  # the reply is sent already: only the audit trail suffers
+            log.error("policy event failed: %s: %s", type(exc).__name__, exc)
+
+    def _record_event(self, attrs: Mapping[str, str], answer: PolicyAnswer) -> None:
         cfg = self.decider.config
         self.events.put(
             {
