@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from dsguard.attachments.sandbox import DecodeSandbox, InProcessDecoder
+from dsguard.attachments.urls import is_ip_literal_host
 from dsguard.auth.summary import AuthSummary
 from dsguard.checks import auth, direct_send, headers, limits, transport
 from dsguard.checks.base import Facts, Hit
@@ -30,6 +31,7 @@ from dsguard.policy.domains import AcceptedDomains
 from dsguard.policy.rds import decide_p1, decide_p2
 
 MAX_EVIDENCE = 400
+_COMPOSITE_CACHE_MAX = 4096
 
 
 def validate_scoring(config: Config) -> None:
@@ -75,6 +77,7 @@ class Engine:
             (cid, comp, _matchers(comp.all_of), _matchers(comp.any_of))
             for cid, comp in config.scoring.composites.items()
         ]
+        self._composite_cache: dict[tuple[str, ...], tuple[Finding, ...]] = {}
         self._checks: tuple[Callable[[Facts], Iterable[Hit]], ...] = (
             direct_send.check,
             auth.check,
@@ -151,9 +154,12 @@ class Engine:
         )
         return (p1, p2)
 
-    def _run(self, facts: Facts) -> Iterator[Hit]:
+    def _run(self, facts: Facts) -> list[Hit]:
+        # list.extend drains each check's generator in C: no generator of generators.
+        hits: list[Hit] = []
         for check in self._checks:
-            yield from check(facts)
+            hits.extend(check(facts))
+        return hits
 
     def _score(self, hits: Iterable[Hit]) -> tuple[Finding, ...]:
         """One finding per id (first summary, evidence joined), composites added, sorted."""
@@ -170,17 +176,30 @@ class Engine:
             )
             for fid, (summary, ev) in merged.items()
         ]
-        ids = list(merged)
+        findings.extend(self._composite_findings(tuple(merged)))
+        findings.sort(key=lambda f: (-f.score, f.id))
+        return tuple(findings)
+
+    def _composite_findings(self, ids: tuple[str, ...]) -> tuple[Finding, ...]:
+        """The composites that ``ids`` (finding ids in first-hit order) complete. A function of
+        the ids alone, and a mailbox produces few distinct id lists: answers are remembered."""
+        known = self._composite_cache.get(ids)
+        if known is not None:
+            return known
+        scores = self.config.scoring.scores
+        out: list[Finding] = []
         for cid, comp, all_of, any_of in self._composites:
             if all(any(m(i) for i in ids) for m in all_of) and (
                 not any_of or any(m(i) for i in ids for m in any_of)
             ):
                 parts = [i for i in ids if any(m(i) for m in all_of + any_of)]
-                findings.append(
+                out.append(
                     Finding(cid, scores.get(cid, comp.score), comp.description, " + ".join(parts))
                 )
-        findings.sort(key=lambda f: (-f.score, f.id))
-        return tuple(findings)
+        if len(self._composite_cache) >= _COMPOSITE_CACHE_MAX:
+            self._composite_cache.clear()
+        found = self._composite_cache[ids] = tuple(out)
+        return found
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -198,15 +217,12 @@ def _matchers(patterns: tuple[str, ...]) -> list[Callable[[str], re.Match[str] |
 
 
 def _iocs(facts: Facts) -> Iocs:
-    from dsguard.attachments.urls import is_ip_literal_host, url_host
-
-    urls = list(dict.fromkeys(list(facts.links.urls) + list(facts.qr_urls)))
+    targets = facts.link_hosts  # (url, host) of body links then QR URLs, without repeats
     ips: list[str] = []
     if facts.envelope.client_ip and facts.anonymous:
         ips.append(facts.envelope.client_ip)
     domains: list[str] = []
-    for url in urls:
-        host = url_host(url)
+    for _, host in targets:
         if not host:
             continue
         if is_ip_literal_host(host):
@@ -215,7 +231,7 @@ def _iocs(facts: Facts) -> Iocs:
             domains.append(host)
     return Iocs(
         ips=tuple(dict.fromkeys(ips)),
-        urls=tuple(urls),
+        urls=tuple([url for url, _ in targets]),
         domains=tuple(dict.fromkeys(domains)),
         qr_urls=facts.qr_urls,
     )

@@ -109,6 +109,20 @@ def _strip_comments(text: str) -> tuple[str, str]:
 
 def parse_authentication_results(value: str, index: int = 0) -> AuthResultsHeader:
     text = value[:_MAX_CHARS]
+    parse = _parse_results if len(text) <= _CACHED_CHARS else _parse_results.__wrapped__
+    authserv_id, results = parse(text)
+    return AuthResultsHeader(authserv_id, results, index, value)
+
+
+# Cached on the (capped) text: a receiver writes the same results for every message from the
+# same sender (EOP's "spf=pass (sender IP is ...) smtp.mailfrom=...; dkim=pass ..."), and a
+# parse costs microseconds. The answer is immutable (frozen MethodResults in a tuple). Only
+# headers of ordinary length are kept (keys of at most 2 M characters in each of the two caches).
+_CACHED_CHARS = 2048
+
+
+@lru_cache(maxsize=1024)
+def _parse_results(text: str) -> tuple[str | None, tuple[MethodResult, ...]]:
     # Fast paths: without quoted strings or comments a plain split is the same split; so it is
     # when the comments are flat and hold no ";", '"' or backslash (Exchange's "(sender IP
     # is ...)") -- _split_top would find the same semicolons.
@@ -140,13 +154,22 @@ def parse_authentication_results(value: str, index: int = 0) -> AuthResultsHeade
             continue  # "none", Microsoft's stray domain token, or junk
         props = tuple([(k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end() :])])
         results.append(MethodResult(m.group(1).lower(), m.group(2).lower(), props, comment))
-    return AuthResultsHeader(authserv_id, tuple(results), index, value)
+    return authserv_id, tuple(results)
 
 
 def parse_received_spf(value: str) -> tuple[str | None, dict[str, str]]:
     """``Received-SPF: Pass (comment) key=value; ...`` (RFC 7208 section 9.1)."""
-    text, _ = _strip_comments(value[:_MAX_CHARS])
+    text = value[:_MAX_CHARS]
+    parse = _parse_received_spf if len(text) <= _CACHED_CHARS else _parse_received_spf.__wrapped__
+    result, pairs = parse(text)
+    return result, dict(pairs)  # a dict of the caller's own: the cached answer is shared
+
+
+# Cached like _parse_results, for the same reason.
+@lru_cache(maxsize=1024)
+def _parse_received_spf(text: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    text, _ = _strip_comments(text)
     words = text.split()
     result = words[0].lower() if words else None
     pairs = {k.lower(): v.strip('"') for k, v in _PROP.findall(text)}
-    return result, pairs
+    return result, tuple(pairs.items())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dsguard.attachments.qr import QrScan
-from dsguard.attachments.urls import extract_urls
+from dsguard.attachments.urls import extract_urls, url_host
 from dsguard.auth.summary import AuthSummary
 from dsguard.config import Config
 from dsguard.mail.addresses import AddressField, Mailbox, domain_of
@@ -191,6 +191,16 @@ class Facts:
             urls.extend(found)
             hit = hit or over
         return Links(tuple(dict.fromkeys(urls)), hit)
+
+    @lazy_attribute
+    def link_hosts(self) -> tuple[tuple[str, str | None], ...]:
+        """Every URL the link checks and the IOC list examine -- the body's links, then QR
+        URLs not among them -- each with its ``url_host``; computed once for both."""
+        urls = self.links.urls
+        qr = self.qr_urls
+        if qr:
+            urls = tuple(dict.fromkeys(urls + qr))  # both are free of repeats already
+        return tuple([(url, url_host(url)) for url in urls])
 
     @lazy_attribute
     def qr_results(self) -> tuple[QrResult, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 
-from dsguard.attachments.urls import is_ip_literal_host, url_host
+from dsguard.attachments.urls import is_ip_literal_host
 from dsguard.checks.base import Facts, Hit
 from dsguard.checks.lurescan import iter_matches, register_finder
 
@@ -79,13 +79,15 @@ def check_links(f: Facts) -> Iterator[Hit]:
                 f"connecting IP {env.client_ip} is a known indicator",
                 f"{match.indicator} ({match.source}) {match.note}".strip(),
             )
-    qr = set(f.qr_urls)
-    links = f.links
-    for url in list(links.urls) + [u for u in f.qr_urls if u not in links.urls]:
-        where = "QR code" if url in qr else "link"
-        host = url_host(url)
-        match = intel.iocs.match_url(url)
+    qr = f.qr_urls
+    match_url = intel.iocs.match_url
+    free_hosting = intel.free_hosting.match
+    # A message's links share a few hosts: what depends on the host alone is looked up once.
+    by_host: dict[str, tuple[str | None, bool]] = {}
+    for url, host in f.link_hosts:
+        match = match_url(url)
         if match:
+            where = "QR code" if url in qr else "link"
             finding = "IOC_KNOWN_URL" if "://" in match.indicator else "IOC_KNOWN_DOMAIN"
             yield Hit(
                 finding,
@@ -94,12 +96,17 @@ def check_links(f: Facts) -> Iterator[Hit]:
             )
         if host is None:
             continue
-        suffix = intel.free_hosting.match(host)
+        known = by_host.get(host)
+        if known is None:
+            known = by_host[host] = (free_hosting(host), is_ip_literal_host(host))
+        suffix, ip_literal = known
         if suffix:
+            where = "QR code" if url in qr else "link"
             yield Hit("IOC_FREE_HOSTING_LINK", f"{where} to free hosting ({suffix}): {host}", url)
-        if is_ip_literal_host(host):
+        if ip_literal:
+            where = "QR code" if url in qr else "link"
             yield Hit("IOC_IP_LITERAL_URL", f"{where} to a bare IP address {host}", url)
-    if links.limit_hit:
+    if f.links.limit_hit:
         yield Hit(
             "LIMIT_URLS", f"more than {f.config.limits.max_urls} links; the rest were not examined"
         )

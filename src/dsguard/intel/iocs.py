@@ -75,9 +75,14 @@ class IocDB:
         self._domain_suffixes = SuffixSet(())
         self._urls: dict[_UrlKey, IocMatch] = {}
         self._count = 0
+        # Hosts of the listed URLs: a URL whose host is not among them cannot match a listed
+        # URL, so its (scheme, authority, path, query) key is not built.
+        self._url_hosts: set[str] = set()
         # match_ip answers by address string: the connecting IP of every message is looked up,
         # and a mailbox's senders recur. Bounded; cleared whenever the lists change.
         self._ip_answers: dict[str, IocMatch | None] = {}
+        # match_host answers by host, for the same reason (a message's links share a few hosts).
+        self._host_answers: dict[str, IocMatch | None] = {}
 
     @classmethod
     def load(cls, files: Sequence[str] = (), *, bundled: bool = True) -> Self:
@@ -92,6 +97,7 @@ class IocDB:
         for name in files:
             db._add_list(_read_list(name), name)
         db._domain_suffixes = SuffixSet(db._domains)
+        db._host_answers.clear()  # answers depend on the suffix set just built
         return db
 
     # Lookups ----------------------------------------------------------------------------
@@ -125,6 +131,16 @@ class IocDB:
 
     def match_host(self, host: str) -> IocMatch | None:
         """A listed domain equal to ``host`` or a parent of it; IP-literal hosts as IPs."""
+        answers = self._host_answers
+        if host in answers:
+            return answers[host]
+        found = self._match_host(host)
+        if len(answers) >= _IP_ANSWERS_MAX:
+            answers.clear()
+        answers[host] = found
+        return found
+
+    def _match_host(self, host: str) -> IocMatch | None:
         canonical = canonical_host(host)
         if canonical is None:
             return None
@@ -138,7 +154,7 @@ class IocDB:
         parts = url_parts(url)
         if parts is None:
             return None
-        if self._urls:
+        if parts.host in self._url_hosts:
             key = _url_key(parts.scheme, parts.host, parts.port, parts.path, parts.query)
             found = self._urls.get(key)
             if found is None and key[2]:
@@ -173,6 +189,7 @@ class IocDB:
                 return f"{indicator!r} is not a valid URL"
             key = _url_key(parts.scheme, parts.host, parts.port, parts.path, parts.query)
             self._insert(self._urls, key, match)
+            self._url_hosts.add(parts.host)
             return None
         if "/" in indicator:
             return self._add_network(indicator, match)
@@ -215,6 +232,7 @@ class IocDB:
 
     def _insert(self, table: dict[_Key, IocMatch], key: _Key, match: IocMatch) -> None:
         self._ip_answers.clear()
+        self._host_answers.clear()
         if key not in table:
             table[key] = match
             self._count += 1

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import getaddresses
+from functools import lru_cache
 
 MAX_MAILBOXES = 100
 MAX_FIELD_CHARS = 8192
@@ -96,6 +97,23 @@ _QUOTED_SELF = re.compile(
 
 
 def parse_address_field(raw: str) -> AddressField:
+    if len(raw) <= _CACHED_FIELD_CHARS:
+        return _parse_address_field_cached(raw)
+    return _parse_address_field(raw)
+
+
+# A mailbox's From, To and Cc values recur (the same correspondents, the same distribution
+# lists); the answer is immutable (frozen dataclasses, tuples). Only fields of ordinary length
+# are kept, so hostile multi-kilobyte fields cannot fill memory.
+_CACHED_FIELD_CHARS = 1024
+
+
+@lru_cache(maxsize=4096)
+def _parse_address_field_cached(raw: str) -> AddressField:
+    return _parse_address_field(raw)
+
+
+def _parse_address_field(raw: str) -> AddressField:
     if len(raw) < 600:
         simple = _SIMPLE.fullmatch(raw)
         if simple is not None:

@@ -96,12 +96,18 @@ def split_headers(raw: bytes, *, max_headers: int, max_header_bytes: int) -> Hea
     # Each chunk gives at most one field: with no more chunks than max_headers the limit
     # cannot be reached, and the per-field test below is skipped for simple fields.
     room = len(chunks) <= max_headers
-    for name, value, chunk in chunks:
+    for name, value, folded, folded_name, folded_rest, chunk in chunks:
         if name:
             if not room and len(headers) >= max_headers:
                 limit_hit = limit_hit or "max_headers"
                 break
             append(new_header(Header, (name, name.lower(), value.strip(" \t\r"), "")))
+            continue
+        if folded_name:
+            if not room and len(headers) >= max_headers:
+                limit_hit = limit_hit or "max_headers"
+                break
+            append(_folded_field(folded, folded_name, folded_rest))
             continue
         if not chunk or chunk == "\r":
             continue
@@ -123,10 +129,15 @@ _FIELD_BREAK = re.compile(r"\n(?![ \t])")
 # RFC 5322 section 2.2: field-name = 1*ftext, printable US-ASCII except ":".
 _SIMPLE_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]+):([^\n]*)\Z")
 # One chunk of _FIELD_BREAK.split per match: either a one-line field that _SIMPLE_FIELD matches
-# (groups 1 and 2: not followed by a continuation line), or any other chunk (group 3: up to the
-# first line break that is not followed by whitespace). Possessive quantifiers: linear time.
+# (groups 1 and 2: not followed by a continuation line), or a folded field whose first line
+# starts with "Name:" (group 3 the chunk, 4 the name, 5 what follows the colon), or any other
+# chunk (group 6: up to the first line break that is not followed by whitespace). The second
+# form spans exactly what the third would (the first line and every continuation line).
+# Possessive quantifiers: linear time.
 _CHUNK = re.compile(
-    r"(?:([\x21-\x39\x3b-\x7e]++):([^\n]*+)(?!\n[ \t])|([^\n]*+(?:\n[ \t][^\n]*+)*+))(?:\n|\Z)"
+    r"(?:([\x21-\x39\x3b-\x7e]++):([^\n]*+)(?!\n[ \t])"
+    r"|(([\x21-\x39\x3b-\x7e]++):([^\n]*+(?:\n[ \t][^\n]*+)++))"
+    r"|([^\n]*+(?:\n[ \t][^\n]*+)*+))(?:\n|\Z)"
 )
 # Possessive quantifiers: a name character is never a space or ":", so giving characters back
 # could not make these match; without it, long base64 lines (DKIM b=) were re-tried char by char.
@@ -136,16 +147,30 @@ _NAME_COLON = re.compile(r"([\x21-\x39\x3b-\x7e]++)([ \t]*+):")
 _HIDDEN_LINE = re.compile(r"\n[ \t]++([\x21-\x39\x3b-\x7e]++)[ \t]*+:[ \t<\"]")
 
 
-def _odd_field(chunk: str, *, first: bool) -> Header | str:
-    """A field that is folded or malformed; a defect description when it is no field at all."""
-    malformed = ""
+def _hidden_field(chunk: str) -> str:
+    """The malformation note for a continuation line that hides a watched field, or ""."""
     hidden = _HIDDEN_LINE.search(chunk)
     if (
         hidden
         and hidden.group(1).lower() in _WATCHED_HIDDEN
         and "signature" not in chunk[:40].lower()
     ):
-        malformed = f"a continuation line hides a {hidden.group(1)!r} field"
+        return f"a continuation line hides a {hidden.group(1)!r} field"
+    return ""
+
+
+def _folded_field(chunk: str, name: str, rest: str) -> Header:
+    """``_odd_field(chunk)`` for a folded field whose first line starts with ``name:``
+    (Received, DKIM-Signature ...): the name is already known and no malformation other than
+    a hidden field is possible (the colon is on the first line, right after the name)."""
+    # Unfolding ``rest`` alone is unfolding the chunk: no CR or LF in "name:".
+    value = rest.replace("\r\n", "").replace("\n", "").strip(" \t\r")
+    return tuple.__new__(Header, (name, name.lower(), value, _hidden_field(chunk)))
+
+
+def _odd_field(chunk: str, *, first: bool) -> Header | str:
+    """A field that is folded or malformed; a defect description when it is no field at all."""
+    malformed = _hidden_field(chunk)
     # Unfold: drop every LF and a CR right before one (what re.sub(r"\r?\n", "") does).
     flat = chunk.replace("\r\n", "").replace("\n", "")
     if flat[:1] in (" ", "\t"):
@@ -171,7 +196,10 @@ def _odd_field(chunk: str, *, first: bool) -> Header | str:
             malformed = "field name folded away from its colon"
         elif m.group(2):
             malformed = "whitespace between the field name and the colon"
-        return Header(name, name.lower(), flat[m.end() :].strip(" \t\r"), malformed)
+        # tuple.__new__: Header(...) without the NamedTuple __new__ call (see split_headers).
+        return tuple.__new__(
+            Header, (name, name.lower(), flat[m.end() :].strip(" \t\r"), malformed)
+        )
     colon = flat.find(":")
     if 0 < colon <= 80:
         name = flat[:colon].rstrip(" \t")

@@ -105,13 +105,19 @@ class ParsedMessage:
             self.limit_hits.append(("LIMIT_HEADERS", f"{block.limit_hit} reached"))
         index: dict[str, list[Header]] = {}
         malformed: list[Header] = []
+        # h[1] is h.key and h[3] h.malformed: plain indexing skips the NamedTuple properties,
+        # and get() skips the empty list setdefault() builds for every field (35 a message).
         for h in self.headers:
-            if h.malformed:
+            if h[3]:
                 malformed.append(h)
-                index.setdefault(h.key.strip(), []).append(h)
-            else:
                 # Only a malformed field can have whitespace around its name (split_headers).
-                index.setdefault(h.key, []).append(h)
+                index.setdefault(h[1].strip(), []).append(h)
+                continue
+            found = index.get(h[1])
+            if found is None:
+                index[h[1]] = [h]
+            else:
+                found.append(h)
         self._index = index
         # The fields split_headers flagged, in order (most messages have none).
         self.malformed_fields: tuple[Header, ...] = tuple(malformed)

@@ -13,6 +13,7 @@ present are Exchange's own; outside that case they are the sender's words.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # Exchange Online inbound frontends: worldwide, Germany, GCC High/DoD, 21Vianet.
 _EXO_FRONTEND = re.compile(
@@ -64,6 +65,22 @@ def is_exo_internal(host: str | None) -> bool:
 
 def parse_forefront(value: str) -> dict[str, str]:
     """``X-Forefront-Antispam-Report: CIP:1.2.3.4;CTRY:UA;...`` -> {"CIP": "1.2.3.4", ...}."""
+    if len(value) <= _CACHED_XFAR_CHARS:
+        # EOP stamps the same report on every message from a sender; a dict of the caller's
+        # own, since the cached answer is shared.
+        return dict(_parse_forefront_cached(value))
+    return _parse_forefront(value)
+
+
+_CACHED_XFAR_CHARS = 2048
+
+
+@lru_cache(maxsize=2048)
+def _parse_forefront_cached(value: str) -> tuple[tuple[str, str], ...]:
+    return tuple(_parse_forefront(value).items())
+
+
+def _parse_forefront(value: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in value.split(";")[:MAX_XFAR_FIELDS]:
         key, sep, val = item.partition(":")

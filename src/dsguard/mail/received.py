@@ -12,6 +12,7 @@ trusted hop; the tokenizer is linear and comment nesting is capped.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +20,14 @@ from functools import lru_cache
 _MAX_CHARS = 4096
 _MAX_DEPTH = 8
 _KEYWORDS = frozenset({"from", "by", "via", "with", "id", "for"})
-_LONGEST_KEYWORD = max(len(k) for k in _KEYWORDS)
+# Every spelling whose lower() is a keyword: one set probe per word instead of lower-casing
+# each word. Only ASCII letters lower-case to the keywords' letters (no other code point
+# does), so these are all of them.
+_KEYWORD_SPELLINGS = frozenset(
+    "".join(spelling)
+    for keyword in _KEYWORDS
+    for spelling in itertools.product(*({c, c.upper()} for c in keyword))
+)
 _BRACKET_IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
 _BARE_IP = re.compile(
     r"(?<![\w.:])((?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w.:])"
@@ -78,6 +86,11 @@ def _cut_date(value: str) -> tuple[str, str | None]:
 def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
     """Split into top-level words, each with the comments that follow it; and the date."""
     text, date = _cut_date(value)
+    return _words(text), date
+
+
+def _words(text: str) -> list[tuple[str, list[str]]]:
+    """_tokenize's words, for a line _cut_date has already cut."""
     words: list[tuple[str, list[str]]] = []
     depth = 0
     comment: list[str] = []
@@ -104,7 +117,7 @@ def _tokenize(value: str) -> tuple[list[tuple[str, list[str]]], str | None]:
             words.append((tok, []))
     if comment and words:
         words[-1][1].append(" ".join(comment))
-    return words, date
+    return words
 
 
 def _clauses_of_words(words: list[tuple[str, list[str]]]) -> dict[str, tuple[str, list[str]]]:
@@ -147,13 +160,15 @@ def _clauses_flat(text: str) -> dict[str, tuple[str, list[str]]] | None:
             if current is not None:
                 current.append(" ".join(comment.split()))
         for word in piece.split():
-            low = word.lower() if len(word) <= _LONGEST_KEYWORD else ""
-            if low in _KEYWORDS and low not in clauses:
-                if current is not None:
-                    clauses[key] = (token, current)
-                key, token, current = low, "", []
-                clauses[key] = ("", current)  # keeps the keyword order
-            elif current is not None and not token:
+            if word in _KEYWORD_SPELLINGS:
+                low = word.lower()
+                if low not in clauses:
+                    if current is not None:
+                        clauses[key] = (token, current)
+                    key, token, current = low, "", []
+                    clauses[key] = ("", current)  # keeps the keyword order
+                    continue
+            if current is not None and not token:
                 token = word
     if current is not None:
         clauses[key] = (token, current)
@@ -162,9 +177,29 @@ def _clauses_flat(text: str) -> dict[str, tuple[str, list[str]]] | None:
 
 def parse_received(value: str, index: int) -> ReceivedHop:
     text, date = _cut_date(value)
+    facts = _hop_facts(text) if len(text) <= _CACHED_CHARS else _hop_facts.__wrapped__(text)
+    return ReceivedHop(index, value, *facts, date)
+
+
+_HopFacts = tuple[
+    str | None, str | None, str | None, str | None, str | None, str | None, str | None, bool, bool
+]
+
+
+# Cached on the line without its date: a mailbox holds the same hops again and again (a
+# tenant's frontend and mailbox servers, "with Microsoft SMTP Server ... id 15.20.x" --
+# Exchange's id is its build number), and a parse costs several microseconds. Lines with
+# per-message queue ids just miss. The answer is a tuple of immutable values. Only lines of
+# ordinary length are kept (keys of at most 2 M characters).
+_CACHED_CHARS = 1024
+
+
+@lru_cache(maxsize=2048)
+def _hop_facts(text: str) -> _HopFacts:
+    """ReceivedHop's fields from from_name to tls, for a line cut by _cut_date."""
     clauses = _clauses_flat(text)
     if clauses is None:
-        clauses = _clauses_of_words(_tokenize(value)[0])
+        clauses = _clauses_of_words(_words(text))  # _tokenize(value)[0]: text is already cut
 
     from_name = from_rdns = from_ip = None
     auth_user = None
@@ -198,7 +233,13 @@ def parse_received(value: str, index: int) -> ReceivedHop:
         if from_rdns and from_rdns in ("unknown", ""):
             from_rdns = None
     all_comments = " ".join([" ".join(c) for _, c in clauses.values()])
-    m = _AUTH_SENDER.search(all_comments) if ":" in all_comments else None
+    # "sender:" matches only after "r" or "R" (no other character case-folds to r); IPv6
+    # addresses put ":" in most comments, so testing for ":" alone rarely saved the search.
+    m = (
+        _AUTH_SENDER.search(all_comments)
+        if "r:" in all_comments or "R:" in all_comments
+        else None
+    )
     if m:
         auth_user = m.group(1)
     with_proto = clauses["with"][0] if "with" in clauses else None
@@ -213,17 +254,14 @@ def parse_received(value: str, index: int) -> ReceivedHop:
         if fm:
             for_addr = fm.group(1).strip(";")
     by = clauses["by"][0] if "by" in clauses and clauses["by"][0] else None
-    return ReceivedHop(
-        index=index,
-        raw=value,
-        from_name=from_name,
-        from_rdns=from_rdns,
-        from_ip=from_ip,
-        by=by.lower().rstrip(".") if by else None,
-        with_proto=with_proto,
-        for_addr=for_addr,
-        auth_user=auth_user,
-        authenticated=authenticated,
-        tls=tls,
-        date=date,
+    return (
+        from_name,
+        from_rdns,
+        from_ip,
+        by.lower().rstrip(".") if by else None,
+        with_proto,
+        for_addr,
+        auth_user,
+        authenticated,
+        tls,
     )

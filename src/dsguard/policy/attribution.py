@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 from dsguard.config import Connector
 from dsguard.model import Attribution, AttributionKind, Envelope
@@ -25,13 +26,23 @@ def _cert_matches(pattern: str, names: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(n.lower().rstrip("."), pat) for n in names)
 
 
+# Both cached: every message of a mailbox is matched against the same connector ranges, and
+# the same sending IPs recur; parsing an address or a network costs microseconds each time.
+@lru_cache(maxsize=4096)
+def _client_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text)  # an invalid range raises each time: not cached
+
+
 def match_connector(envelope: Envelope, connectors: Sequence[Connector]) -> Attribution | None:
-    ip = None
-    if envelope.client_ip:
-        try:
-            ip = ipaddress.ip_address(envelope.client_ip)
-        except ValueError:
-            ip = None
+    ip = _client_address(envelope.client_ip) if envelope.client_ip else None
     cert_names = envelope.tls.verified_peer_names if envelope.tls else ()
     for connector in connectors:
         if (
@@ -47,7 +58,7 @@ def match_connector(envelope: Envelope, connectors: Sequence[Connector]) -> Attr
             )
         if ip is not None:
             for net in connector.sender_ip_ranges:
-                network = ipaddress.ip_network(net)
+                network = _network(net)
                 if ip.version == network.version and ip in network:
                     return Attribution(
                         AttributionKind.CONNECTOR,
