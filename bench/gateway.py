@@ -186,7 +186,9 @@ sys.exit(status)
 class Gateway:
     """The dsguard gateway as a subprocess (stderr, one JSON line per decision, to a file)."""
 
-    def __init__(self, root: Path, sink: SmtpSink, profile: Path | None) -> None:
+    def __init__(
+        self, root: Path, sink: SmtpSink, profile: Path | None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         root.mkdir(parents=True)
         self.port = free_port()
@@ -204,6 +206,7 @@ hostname = "gateway.example.net"
 downstream = "smtp://{sink.host}:{sink.port}"
 spool_dir = "{self.spool}"
 dns_servers = []
+{chr(10).join(extra)}
 
 [gateway.limits]
 # All the load comes from 127.0.0.1; the default (20 per IP) would refuse concurrency 50.
@@ -738,6 +741,14 @@ def main() -> None:
     )
     ap.add_argument("--profile", type=Path, help="cProfile the gateway into DIR/gateway.prof")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spool)")
+    ap.add_argument(
+        "--gateway-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra [gateway] line for experiments, TOML (e.g. relay_concurrency=8); "
+        "the published figures use the shipped defaults",
+    )
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
@@ -757,7 +768,7 @@ def main() -> None:
     try:
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-        gateway = Gateway(tmp / "gateway", sink, args.profile)
+        gateway = Gateway(tmp / "gateway", sink, args.profile, tuple(args.gateway_option))
         try:
             postfix = PostfixInstance(tmp / "postfix", sink.port).start()
         except PostfixUnavailableError as exc:

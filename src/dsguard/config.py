@@ -255,6 +255,9 @@ class Gateway(_Strict):
     # Seconds between spool scans for entries written by other processes (e.g. `dsguard
     # quarantine release`); mail accepted by the gateway itself is relayed at once.
     relay_poll_interval: float = Field(default=10.0, gt=0)
+    # Seconds a downstream connection stays open after a delivery, for the next message
+    # (connection reuse, like Postfix's connection cache); 0 = a new connection per message.
+    relay_connection_idle: float = Field(default=5.0, ge=0)
     header_prefix: str = "X-Dsguard"
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
     retry: Retry = Field(default_factory=Retry)

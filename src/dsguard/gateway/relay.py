@@ -1,7 +1,13 @@
 """Relay spooled messages to the downstream mail server, with retries and permanent failures.
 
-One SMTP session (aiosmtplib) per entry: EHLO (HELO if refused), optional STARTTLS, MAIL, one
-RCPT per recipient, DATA. The stored bytes go out unchanged except for what RFC 5321 requires
+One SMTP transaction (aiosmtplib) per entry: EHLO (HELO if refused) and optional STARTTLS when
+a connection is opened, then MAIL, one RCPT per recipient, DATA. A connection whose
+transaction went through is kept for the next entry (like Postfix's connection cache; at most
+one per delivery slot, closed with QUIT after ``connection_idle`` seconds unused; any other
+outcome closes it). If a reused connection turns out to be dead before the data was sent
+(connection lost, timeout, or a 421 from a server that closed it while idle), the entry is
+retried at once on a new connection, never deferred for that; after the data was sent nothing
+is retried blindly (it may have been delivered). The stored bytes go out unchanged except for what RFC 5321 requires
 of the wire form, which aiosmtplib does: bare CR/LF become CRLF (section 2.3.8) and lines
 starting with "." are dot-stuffed (section 4.5.2).
 
@@ -31,8 +37,14 @@ permanent, like Postfix's ``maximal_queue_lifetime``. Permanent failures stay in
 quarantine, visible to admins); this module sends no bounce.
 
 Scheduling: ``run`` claims due entries whenever a delivery slot is free and otherwise sleeps
-until ``wake()``, the next retry this relay scheduled itself, or ``poll_interval`` (which picks
-up entries written by other processes). On stop, deliveries still running after
+until ``submit()``/``wake()``, the next retry this relay scheduled itself, or
+``poll_interval``. Entries the gateway just accepted come through ``submit`` with their bytes:
+they are claimed by id (``Spool.claim_fresh``: one rename, no directory listing, no reread).
+The spool directory is scanned (``Spool.claim_due``) at start, every ``poll_interval`` (entries
+written by other processes), when a retry is due, after ``wake()``, and continuously while the
+bounded in-memory queue has overflowed, until the scan has caught up: the spool, not memory,
+is the truth, and a claim is always a rename, so an entry is never delivered twice however it
+was found. On stop, deliveries still running after
 ``shutdown_timeout`` are cancelled: recipients the downstream had already accepted count as
 delivered, the others are deferred due at once, so nothing waits in active/ for recover().
 
@@ -48,6 +60,8 @@ when the downstream offers it.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import heapq
 import logging
@@ -57,7 +71,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiosmtplib
 
@@ -77,6 +91,7 @@ _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
 _LINE_ENDING: Final = re.compile(rb"\r\n|\r|\n")
 
 ResultCallback = Callable[[SpoolEntry, str, str], None]
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +182,7 @@ class _Attempt:
     delivered_reply: str = ""
     temporary: dict[str, str] = field(default_factory=dict)
     permanent: dict[str, str] = field(default_factory=dict)
+    data_started: bool = False  # DATA was sent: a retry could duplicate the message
 
     def settled(self, rcpt: str) -> bool:
         return rcpt in self.temporary or rcpt in self.permanent or rcpt in self.delivered
@@ -175,6 +191,15 @@ class _Attempt:
         for rcpt in recipients:
             if not self.settled(rcpt):
                 self.temporary[rcpt] = detail
+
+
+class _StaleConnectionError(Exception):
+    """A reused downstream connection turned out to be dead before the message was sent."""
+
+
+# What the relay hands from claiming to delivering: the entry and, on the fast path, the
+# message bytes it was given in memory (None: read them from the spool).
+_Claimed = tuple[SpoolEntry, bytes | None]
 
 
 class Relay:
@@ -191,13 +216,18 @@ class Relay:
         on_result: ResultCallback | None = None,
         poll_interval: float = 10.0,
         shutdown_timeout: float = 30.0,
+        connection_idle: float = 5.0,
+        max_submitted: int = 1000,
+        max_submitted_bytes: int = 64 << 20,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if not helo or not helo.isascii() or _CONTROL.search(helo) or " " in helo:
             raise ValueError(f"helo must be a host name, got {helo!r}")
-        if poll_interval <= 0 or shutdown_timeout < 0:
-            raise ValueError("poll_interval must be positive, shutdown_timeout not negative")
+        if poll_interval <= 0 or shutdown_timeout < 0 or connection_idle < 0:
+            raise ValueError(
+                "poll_interval must be positive, shutdown_timeout and connection_idle not negative"
+            )
         self._spool = spool
         self._downstream = downstream
         self._retry = retry
@@ -211,12 +241,52 @@ class Relay:
         # Epoch seconds at which entries this relay deferred become due: sleep until then
         # rather than until the next poll.
         self._due_times: list[float] = []
+        # Fast path: entries handed over by submit() (with their bytes), claimed by id, so an
+        # accepted message costs no directory listing and no reread. Bounded; when full,
+        # submissions go to the spool only and the directory is scanned until caught up.
+        self._submitted: collections.deque[tuple[SpoolEntry, bytes]] = collections.deque()
+        self._submitted_bytes = 0
+        self._max_submitted = max_submitted
+        self._max_submitted_bytes = max_submitted_bytes
+        self._backlog = False  # submissions overflowed to the spool: scan until caught up
+        self._missed = False  # a submission overflowed since the current scan began
+        self._next_scan = 0.0  # time.monotonic() of the next directory scan; 0 = at once
+        # Downstream connection reuse (like Postfix's connection cache): connections that just
+        # delivered a message wait here, newest last, for the next one; closed after
+        # ``connection_idle`` seconds unused (0: one connection per message).
+        self._connection_idle = connection_idle
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        # The relay's own threads for spool bookkeeping: the default executor is shared with
+        # the SMTP sessions, whose spool writes hold its threads for an fsync each, and a
+        # claim or settle queued behind them keeps a delivery slot idle.
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- public ----------------------------------------------------------------------------
 
+    def submit(self, entry: SpoolEntry, data: bytes) -> None:
+        """Hand a just-enqueued entry (as ``Spool.enqueue`` returned it, with the message bytes
+        it was given) to the relay: it is claimed by id and sent from memory, with no
+        directory scan. Call from the event loop's thread. The spool stays the truth: if the
+        in-memory queue is full, the entry is found by scanning the spool instead."""
+        size = len(data)
+        if (
+            self._backlog
+            or len(self._submitted) >= self._max_submitted
+            or self._submitted_bytes + size > self._max_submitted_bytes
+        ):
+            self._backlog = True
+            self._missed = True
+            self._next_scan = 0.0
+        else:
+            self._submitted.append((entry, data))
+            self._submitted_bytes += size
+        self._wake_event.set()
+
     def wake(self) -> None:
-        """Start delivery now (called after enqueue) instead of at the next poll. Safe to call
-        from any thread, and before run()."""
+        """Look for due entries in the spool now instead of at the next poll (e.g. after an
+        enqueue by someone else). Safe to call from any thread, and before run()."""
+        self._next_scan = 0.0
         loop = self._loop
         if loop is None or loop.is_closed():
             self._wake_event.set()
@@ -246,8 +316,9 @@ class Relay:
                     wake_task = asyncio.ensure_future(self._wake_event.wait())
                 free = self._concurrency - len(inflight)
                 if free > 0:
-                    for entry in await self._claim(free):
-                        inflight.add(asyncio.create_task(self._deliver_logged(entry)))
+                    for entry, data in await self._claim(free):
+                        inflight.add(asyncio.create_task(self._deliver_logged(entry, data)))
+                self._reap_idle()
                 # With every slot busy, only a finished delivery (or stop) matters.
                 timeout = None if len(inflight) >= self._concurrency else self._sleep_time()
                 waiters: set[asyncio.Future[Any]] = {stop_task, wake_task, *inflight}
@@ -262,20 +333,32 @@ class Relay:
             if wake_task is not None:
                 wake_task.cancel()
             await self._drain(inflight)
+            await self._close_idle()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)  # idle by now; a later call makes a new one
+                self._executor = None
             self._loop = None
 
-    async def deliver_once(self, entry: SpoolEntry) -> str:
-        """One delivery attempt of a claimed (active) entry, settled in the spool.
+    async def deliver_once(self, entry: SpoolEntry, data: bytes | None = None) -> str:
+        """One delivery attempt of a claimed (active) entry, settled in the spool. ``data``:
+        the message bytes if the caller has them (else they are read from the spool).
 
         Returns "delivered" if every recipient accepted it, "deferred" if some or all will be
         retried, "failed" if the rest failed permanently. Never raises for delivery problems.
         """
+        attempt = await self._attempt(entry, data)
+        return await self._record_outcome(entry, attempt)
+
+    async def _attempt(self, entry: SpoolEntry, data: bytes | None) -> _Attempt:
+        """The downstream part of a delivery: what each recipient got. On cancellation the
+        entry is settled at once (synchronously) and CancelledError propagates."""
         attempt = _Attempt()
         try:
             if not entry.rcpt_to:
                 attempt.permanent[""] = "entry has no recipients"
             else:
-                data = await asyncio.to_thread(self._spool.read, entry)
+                if data is None:
+                    data = await self._in_thread(self._spool.read, entry)
                 await self._transact(entry, data, attempt)
         except asyncio.CancelledError:
             # Shutdown: recipients the downstream already took must not get the message again;
@@ -287,8 +370,12 @@ class Relay:
             log.exception("relay: internal error delivering %s", entry.id)
             attempt = _Attempt()
             attempt.unsettled_temporary(entry.rcpt_to, _clip(f"internal error: {exc!r}"))
+        return attempt
+
+    async def _record_outcome(self, entry: SpoolEntry, attempt: _Attempt) -> str:
+        """Settle an attempt in the spool (in a thread; not cut short by cancellation)."""
         settling = asyncio.ensure_future(
-            asyncio.to_thread(self._settle, entry, attempt, datetime.now(UTC))
+            self._in_thread(self._settle, entry, attempt, datetime.now(UTC))
         )
         try:
             results = await asyncio.shield(settling)
@@ -308,37 +395,105 @@ class Relay:
 
     # -- loop helpers ----------------------------------------------------------------------
 
-    async def _claim(self, limit: int) -> list[SpoolEntry]:
-        claiming = asyncio.ensure_future(
-            asyncio.to_thread(self._spool.claim_due, datetime.now(UTC), limit)
-        )
+    def _in_thread(self, func: Callable[..., _R], /, *args: Any) -> asyncio.Future[_R]:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="dsguard-relay"
+            )
+        return asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    async def _claim(self, limit: int) -> list[_Claimed]:
+        """Up to ``limit`` entries to deliver: submitted ones first (claimed by id), then, when a
+        scan is due, the oldest due entries in the spool."""
+        submitted: list[tuple[SpoolEntry, bytes]] = []
+        while self._submitted and len(submitted) < limit:
+            item = self._submitted.popleft()
+            self._submitted_bytes -= len(item[1])
+            submitted.append(item)
+        room = limit - len(submitted)
+        scan = room > 0 and self._scan_wanted()
+        if scan:
+            self._missed = False
+        spool = self._spool
+        now = datetime.now(UTC)
+
+        def claim() -> tuple[list[_Claimed], int]:
+            out: list[_Claimed] = []
+            for entry, data in submitted:
+                try:
+                    got = spool.claim_fresh(entry)
+                except Exception:
+                    # Still in new/ (or in active/ for recover()): never lost; a scan finds it.
+                    log.exception("relay: cannot claim %s from the spool", entry.id)
+                    continue
+                if got is not None:
+                    out.append((got, data if got is entry else None))
+            scanned = 0
+            if scan:
+                try:
+                    found = spool.claim_due(now, room)
+                except Exception:
+                    # A broken spool must not end the relay loop; the next poll tries again.
+                    # (What was claimed by id above is delivered all the same.)
+                    log.exception("relay: cannot claim from the spool")
+                    return out, -1
+                scanned = len(found)
+                out.extend((entry, None) for entry in found)
+            return out, scanned
+
+        claiming = asyncio.ensure_future(self._in_thread(claim))
         try:
-            return await asyncio.shield(claiming)
+            claimed, scanned = await asyncio.shield(claiming)
         except asyncio.CancelledError:
             # Entries claimed by the thread meanwhile would sit in active/ until recover():
             # hand them back, due at once.
             with contextlib.suppress(Exception):
-                for entry in await claiming:
+                got, _n = await claiming
+                for entry, _data in got:
                     with contextlib.suppress(Exception):
                         self._spool.defer(entry, "claimed during shutdown", datetime.now(UTC))
             raise
         except Exception:
             # A broken spool must not end the relay loop; the next poll tries again.
             log.exception("relay: cannot claim from the spool")
+            self._next_scan = time.monotonic() + self._poll_interval
             return []
+        if scanned < 0:
+            self._next_scan = time.monotonic() + self._poll_interval
+        elif scan:
+            if scanned < room and not self._missed:
+                # Caught up: everything due was claimed; the next scan is the periodic one.
+                self._backlog = False
+                self._next_scan = time.monotonic() + self._poll_interval
+            else:
+                self._next_scan = 0.0  # more may be waiting: scan again when a slot is free
+        return claimed
 
-    def _sleep_time(self) -> float:
+    def _scan_wanted(self) -> bool:
+        if self._backlog or time.monotonic() >= self._next_scan:
+            return True
         now = time.time()
+        due = False
         while self._due_times and self._due_times[0] <= now:
             heapq.heappop(self._due_times)
-        if not self._due_times:
-            return self._poll_interval
-        # A hair late rather than early, so the entry is due when we look.
-        return min(self._poll_interval, self._due_times[0] - now + 0.002)
+            due = True
+        return due
 
-    async def _deliver_logged(self, entry: SpoolEntry) -> str:
+    def _sleep_time(self) -> float:
+        if self._submitted:
+            return 0.0
+        sleep = max(0.0, self._next_scan - time.monotonic())
+        if self._due_times:
+            # A hair late rather than early, so the entry is due when we look.
+            sleep = min(sleep, max(0.0, self._due_times[0] - time.time() + 0.002))
+        if self._idle:
+            expiry = self._idle[0][1] + self._connection_idle
+            sleep = min(sleep, max(0.0, expiry - time.monotonic()))
+        return sleep
+
+    async def _deliver_logged(self, entry: SpoolEntry, data: bytes | None = None) -> str:
         try:
-            return await self.deliver_once(entry)
+            return await self.deliver_once(entry, data)
         except Exception:
             log.exception("relay: delivery of %s failed unexpectedly", entry.id)
             return DEFERRED
@@ -390,6 +545,28 @@ class Relay:
             return
         ds = self._downstream
         where = f"{ds.host}:{ds.port}"
+        checked = dict(attempt.permanent)  # refused above, before any connection
+        smtp = self._checkout()
+        if smtp is not None:
+            # A cached connection may have died while idle (the downstream restarted, or timed
+            # it out): if it fails before the message went out, retry once on a new one.
+            reusable = False
+            try:
+                reusable = await self._send(smtp, entry, usable, data, attempt, where, True)
+                return
+            except (_StaleConnectionError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                if attempt.data_started:  # the message may have gone out: no blind retry
+                    if isinstance(exc, aiosmtplib.SMTPResponseException):
+                        detail = _reply_text(where, exc.code, exc.message)
+                    else:
+                        detail = _clip(f"{where}: {exc}")
+                    attempt.unsettled_temporary(recipients, detail)
+                    return
+                log.debug("relay: cached connection to %s unusable (%s); reconnecting", where, exc)
+                attempt.temporary.clear()
+                attempt.permanent = dict(checked)
+            finally:
+                self._release(smtp, reusable)
         smtp = aiosmtplib.SMTP(
             hostname=ds.host,
             port=ds.port,
@@ -400,16 +577,70 @@ class Relay:
             # all mail); smtp+starttls:// requires it.
             start_tls=ds.starttls,
         )
+        reusable = False
         try:
             await smtp.connect()
             await self._greet(smtp)
-            await self._send(smtp, entry, usable, data, attempt, where)
+            reusable = await self._send(smtp, entry, usable, data, attempt, where, False)
         except aiosmtplib.SMTPResponseException as exc:
             attempt.unsettled_temporary(recipients, _reply_text(where, exc.code, exc.message))
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             attempt.unsettled_temporary(recipients, _clip(f"{where}: {exc}"))
         finally:
+            self._release(smtp, reusable)
+
+    # -- connection cache ------------------------------------------------------------------
+
+    def _checkout(self) -> aiosmtplib.SMTP | None:
+        now = time.monotonic()
+        while self._idle:
+            smtp, since = self._idle.pop()
+            if smtp.is_connected and now - since < self._connection_idle:
+                return smtp
+            self._retire(smtp)
+        return None
+
+    def _release(self, smtp: aiosmtplib.SMTP, reusable: bool) -> None:
+        """After a delivery: keep the connection for the next message (only while run() is
+        running, which closes the cache at its end) or close it."""
+        if (
+            reusable
+            and self._connection_idle > 0
+            and self._loop is not None
+            and smtp.is_connected
+            and len(self._idle) < self._concurrency
+        ):
+            self._idle.append((smtp, time.monotonic()))
+        elif reusable:
+            self._retire(smtp)
+        else:
             smtp.close()
+
+    def _retire(self, smtp: aiosmtplib.SMTP) -> None:
+        """Say QUIT (in the background) and close."""
+        if not smtp.is_connected:
+            smtp.close()
+            return
+        task = asyncio.ensure_future(_quit_quietly(smtp, timeout=5.0))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _reap_idle(self) -> None:
+        now = time.monotonic()
+        keep: list[tuple[aiosmtplib.SMTP, float]] = []
+        for smtp, since in self._idle:
+            if smtp.is_connected and now - since < self._connection_idle:
+                keep.append((smtp, since))
+            else:
+                self._retire(smtp)
+        self._idle = keep
+
+    async def _close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for smtp, _since in idle:
+            self._retire(smtp)
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
 
     async def _greet(self, smtp: aiosmtplib.SMTP) -> None:
         if smtp.last_ehlo_response is not None:
@@ -427,14 +658,18 @@ class Relay:
         data: bytes,
         attempt: _Attempt,
         where: str,
-    ) -> None:
+        reused: bool,
+    ) -> bool:
+        """One transaction; True if the connection is clean for the next one (the message
+        went through). On a ``reused`` connection, a 421 before the data (the server closing
+        an idle connection) raises _StaleConnectionError instead of settling anything."""
         utf8 = not entry.mail_from.isascii() or not all(r.isascii() for r in recipients)
         if utf8 and not smtp.supports_extension("smtputf8"):
             detail = f"{where}: non-ASCII address but SMTPUTF8 is not offered (RFC 6531 3.2)"
             for rcpt in recipients:
                 attempt.permanent[rcpt] = detail
             await _quit_quietly(smtp)
-            return
+            return False
         encoding = "utf-8" if utf8 else "ascii"
         params: list[bytes] = []
         if smtp.supports_extension("size"):
@@ -445,15 +680,19 @@ class Relay:
             params.append(b"SMTPUTF8")
         mail_from = b"FROM:<" + entry.mail_from.encode(encoding) + b">"
         reply = await smtp.execute_command(b"MAIL", mail_from, *params)
+        if reused and reply.code == 421:
+            raise _StaleConnectionError(_reply_text(where, reply.code, reply.message))
         if not _is_success(reply.code):
             _settle_all(
                 attempt, recipients, reply.code, _reply_text(where, reply.code, reply.message)
             )
             await _quit_quietly(smtp)
-            return
+            return False
         accepted: list[str] = []
         for rcpt in recipients:
             reply = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
+            if reused and reply.code == 421:
+                raise _StaleConnectionError(_reply_text(where, reply.code, reply.message))
             if _is_success(reply.code):
                 accepted.append(rcpt)
             else:
@@ -462,16 +701,23 @@ class Relay:
                 )
         if not accepted:
             await _quit_quietly(smtp)
-            return
+            return False
+        attempt.data_started = True
         try:
             reply = await smtp.data(data)
         except aiosmtplib.SMTPDataError as exc:
             _settle_all(attempt, accepted, exc.code, _reply_text(where, exc.code, exc.message))
             await _quit_quietly(smtp)
-            return
+            return False
         attempt.delivered.extend(accepted)
         attempt.delivered_reply = _reply_text(where, reply.code, reply.message)
-        await _quit_quietly(smtp)  # the message is delivered whatever QUIT does
+        # The transaction is complete and the server's state is reset (RFC 5321 4.1.1.4): the
+        # connection can carry the next MAIL as it is. Not kept: QUIT now (whatever it does,
+        # the message is delivered).
+        if self._connection_idle <= 0 or self._loop is None:
+            await _quit_quietly(smtp)
+            return False
+        return True
 
     # -- settling in the spool (runs in a worker thread) -----------------------------------
 
@@ -538,9 +784,13 @@ def _settle_all(attempt: _Attempt, recipients: list[str], code: int, detail: str
         target[rcpt] = detail
 
 
-async def _quit_quietly(smtp: aiosmtplib.SMTP) -> None:
+async def _quit_quietly(smtp: aiosmtplib.SMTP, timeout: float | None = None) -> None:
     with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        await smtp.quit()
+        if timeout is None:
+            await smtp.quit()
+        else:
+            await smtp.quit(timeout=timeout)
+    smtp.close()
 
 
 def _reply_text(where: str, code: int, message: str) -> str:

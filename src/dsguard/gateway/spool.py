@@ -35,15 +35,23 @@ name is durable once its directory has been fsync'd.
 - Every state change is a single rename, and only the worker that renamed an entry into
   active/ touches it there. Renaming a file that another worker already took fails with
   ENOENT, so two workers (threads or processes) never claim the same entry.
-- ``done`` unlinks ``active/<id>`` and fsyncs active/. A crash before that fsync delivers the
-  message again after recover(): delivery is at-least-once, like SMTP itself (RFC 5321 6.1).
+- ``done`` moves ``active/<id>`` out to tmp/ (where recover() deletes everything), empties it
+  there and fsyncs active/; the next enqueue reuses that file (its inode: allocating one costs
+  ext4 a scan past every recently deleted inode) instead of creating one. Without a usable
+  tmp/ it unlinks. A crash before the fsync delivers the message again after recover():
+  delivery is at-least-once, like SMTP itself (RFC 5321 6.1).
+- Directory fsyncs are group commits (``_DirSync``): a caller returns once an fsync of the
+  directory that started after its own rename/unlink has completed, so concurrent enqueues
+  share one fsync of new/ instead of queueing one each.
 - ``recover`` (once at startup, before any relay worker runs) moves everything in active/ back
   to new/, deletes tmp/ files, and wraps every file it cannot parse into a failed/ entry whose
   message part is the damaged file's raw bytes and whose ``last_error`` says what is wrong. It
   does not raise for a bad file.
 
 Claiming (new|deferred -> active) is not fsync'd: if that rename is lost in a crash, the entry
-simply waits in its old directory, which is just as good.
+simply waits in its old directory, which is just as good. ``claim_fresh`` claims an entry this
+object just enqueued by id (the relay's fast path); it trusts the caller's copy of the entry
+only if active/<id> is still the inode enqueue wrote, and rereads the header otherwise.
 
 SECURITY: spool files are written only by this module, but the envelope and meta strings in
 them come from SMTP clients (addresses, HELO) and a damaged or tampered file must not stop the
@@ -93,6 +101,8 @@ META_CORRUPT_SOURCE: Final = "corrupt_source"
 _DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
 _COPY_CHUNK: Final = 1 << 20
+_MAX_FRESH: Final = 100_000
+_MAX_FREE: Final = 256
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _OPEN_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
 _OPEN_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
@@ -131,6 +141,15 @@ class Spool:
             os.chmod(path, _DIR_MODE)
         _fsync_dir(self.directory)
         self._lock = threading.Lock()
+        # Group commit of directory fsyncs: concurrent enqueues (and dones) share one.
+        self._dir_sync = _DirSync()
+        # id -> inode of entries this process enqueued and has not claimed yet: claim_fresh
+        # checks that new/<id> is still the very file it wrote (see there).
+        self._fresh: dict[str, int] = {}
+        # Names in tmp/ of emptied files of delivered entries, reused by enqueue: creating a
+        # file costs an inode allocation, and ext4 skips over every recently deleted inode of
+        # the block group to find one (a fifth of the gateway's CPU at a few hundred msgs/s).
+        self._free: builtins.list[str] = []
         # deferred id -> (inode, mtime_ns, next_attempt): claim_due need not reread headers.
         self._due_cache: dict[str, tuple[int, int, datetime]] = {}
 
@@ -159,8 +178,17 @@ class Spool:
             meta=dict(meta),
         )
         header = _encode_header(entry, len(data))
-        tmp = self._tmp_path(entry.id)
-        _write_durably(tmp, (header, bytes(data)))
+        chunks = (header, bytes(data))
+        inode = 0
+        with self._lock:
+            free = self._free.pop() if self._free else None
+        if free is not None:
+            tmp = self.directory / TMP / free
+            with contextlib.suppress(OSError):  # gone or unusable: create a new file instead
+                inode = _write_durably(tmp, chunks, want_inode=True, reuse=True)
+        if not inode:
+            tmp = self._tmp_path(entry.id)
+            inode = _write_durably(tmp, chunks, want_inode=True)
         target = self._path("new", entry.id)
         try:
             os.rename(tmp, target)
@@ -168,11 +196,15 @@ class Spool:
             _unlink_quietly(tmp)
             raise
         try:
-            _fsync_dir(target.parent)
+            self._dir_sync.sync(target.parent)
         except BaseException:
             # Durability unknown: take the entry back so the 451 the caller sends is the truth.
             _unlink_quietly(target)
             raise
+        with self._lock:
+            if len(self._fresh) >= _MAX_FRESH:
+                self._fresh.clear()  # only an optimisation: claim_fresh then rereads headers
+            self._fresh[entry.id] = inode
         return entry
 
     # -- relay side ------------------------------------------------------------------------
@@ -184,20 +216,47 @@ class Spool:
             return []
         now = _aware(now, "now")
         candidates: builtins.list[tuple[datetime, str, str]] = []
-        for name in self._entry_names("new"):
+        new_names = self._entry_names("new")
+        # Sorted by time already (the id starts with it): only the oldest ``limit`` can win,
+        # unless other workers take some of them first (then the rest are tried below).
+        for name in new_names[:limit]:
             candidates.append((_id_time(name), name, "new"))
         for name, due in self._deferred_due():
             if due <= now:
                 candidates.append((due, name, "deferred"))
         candidates.sort()
         claimed: builtins.list[SpoolEntry] = []
-        for _due, name, state in candidates:
+        for _due, name, state in _chain(candidates, ((now, n, "new") for n in new_names[limit:])):
             if len(claimed) >= limit:
                 break
             entry = self._claim(state, name)
             if entry is not None:
                 claimed.append(entry)
         return claimed
+
+    def claim_fresh(self, entry: SpoolEntry) -> SpoolEntry | None:
+        """Claim (new/ -> active/) an entry that ``enqueue`` of this Spool object returned, without
+        listing new/: the relay's fast path for mail it was just handed. None if it is no
+        longer in new/ (another worker or ``claim_due`` took it).
+
+        The entry comes back as stored: if new/<id> is not the very file enqueue wrote (same
+        inode; e.g. it was delivered, failed and requeued meanwhile), its header is read.
+        """
+        entry_id = _check_id(entry.id)
+        with self._lock:
+            inode = self._fresh.pop(entry_id, None)
+        active = self._path("active", entry_id)
+        try:
+            os.rename(self._path("new", entry_id), active)
+        except FileNotFoundError:
+            return None
+        if inode is not None:
+            try:
+                if os.stat(active, follow_symlinks=False).st_ino == inode:
+                    return entry
+            except OSError:
+                pass
+        return self._loaded_claim(entry_id)
 
     def read(self, entry: SpoolEntry) -> bytes:
         """The message bytes exactly as enqueued, from whichever state directory holds them."""
@@ -219,8 +278,36 @@ class Spool:
     def done(self, entry: SpoolEntry) -> None:
         """Delivered: remove the entry (from active/) and make the removal durable."""
         path = self._path("active", _check_id(entry.id))
-        os.unlink(path)
-        _fsync_dir(path.parent)
+        recycled = None
+        with self._lock:
+            if len(self._free) < _MAX_FREE:
+                recycled = f"free-{secrets.token_hex(8)}"
+        if recycled is not None:
+            # Moved out of active/ instead of unlinked, for the next enqueue to reuse its
+            # inode; tmp/ files are never entries (recover() deletes them).
+            target = self.directory / TMP / recycled
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                recycled = None  # e.g. tmp/ unusable: plain unlink below
+            else:
+                try:
+                    # Emptied: the delivered message does not linger in tmp/.
+                    fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | _CLOEXEC)
+                    try:
+                        os.ftruncate(fd, 0)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    _unlink_quietly(target)
+                else:
+                    with self._lock:
+                        self._free.append(recycled)
+        if recycled is None:
+            os.unlink(path)
+        self._dir_sync.sync(path.parent)
 
     def defer(
         self,
@@ -340,6 +427,8 @@ class Spool:
         single files are logged, never raised.
         """
         self._clear_tmp()
+        with self._lock:
+            self._free.clear()
         recovered = 0
         for state in ("active", "new", "deferred", "failed"):
             directory = self.directory / state
@@ -394,6 +483,11 @@ class Spool:
             os.rename(self._path(state, name), self._path("active", name))
         except FileNotFoundError:
             return None  # another worker was faster
+        with self._lock:
+            self._fresh.pop(name, None)
+        return self._loaded_claim(name)
+
+    def _loaded_claim(self, name: str) -> SpoolEntry | None:
         try:
             return self._load("active", name)
         except SpoolCorruptError as exc:
@@ -598,10 +692,22 @@ def _time_field(fields: dict[str, Any], name: str) -> datetime:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _write_durably(path: Path, chunks: Iterable[bytes]) -> int:
-    """Create ``path`` (0600, must not exist), write ``chunks``, fsync; returns bytes written."""
-    fd = os.open(path, _OPEN_CREATE, _FILE_MODE)
+def _write_durably(
+    path: Path,
+    chunks: Iterable[bytes | bytearray | memoryview],
+    *,
+    want_inode: bool = False,
+    reuse: bool = False,
+) -> int:
+    """Create ``path`` (0600, must not exist; with ``reuse``: an existing file, emptied),
+    write ``chunks``, fsync; returns bytes written (or, with ``want_inode``, the file's inode
+    number)."""
+    if reuse:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | _CLOEXEC)
+    else:
+        fd = os.open(path, _OPEN_CREATE, _FILE_MODE)
     written = 0
+    inode = 0
     try:
         os.fchmod(fd, _FILE_MODE)  # the umask may have removed bits we need
         with os.fdopen(fd, "wb", closefd=False) as handle:
@@ -610,12 +716,54 @@ def _write_durably(path: Path, chunks: Iterable[bytes]) -> int:
                 written += len(chunk)
             handle.flush()
         os.fsync(fd)
+        if want_inode:
+            inode = os.fstat(fd).st_ino
     except BaseException:
         os.close(fd)
         _unlink_quietly(path)
         raise
     os.close(fd)
-    return written
+    return inode if want_inode else written
+
+
+class _DirSync:
+    """Group commit for directory fsyncs. ``sync(d)`` returns once an fsync of ``d`` that
+    *started after the call* has completed: the caller's rename or unlink in ``d`` happened
+    before the call, so that fsync made it durable. While one thread fsyncs ``d``, every
+    thread that asks meanwhile waits for the next single fsync instead of running its own,
+    so N concurrent enqueues cost ~2 directory fsyncs, not N. An fsync error is raised to the
+    thread that ran it; the threads waiting on it run their own fsync (and see their own
+    error).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        # directory -> [requests made, requests covered by a completed fsync, fsync running]
+        self._state: dict[str, list[int]] = {}
+
+    def sync(self, path: Path) -> None:
+        key = str(path)
+        with self._cond:
+            state = self._state.setdefault(key, [0, 0, 0])
+            state[0] += 1
+            ticket = state[0]
+            while state[1] < ticket:
+                if state[2]:
+                    self._cond.wait()
+                    continue
+                state[2] = 1
+                covers = state[0]  # every request made so far happened before this fsync
+                self._cond.release()
+                ok = False
+                try:
+                    _fsync_dir(path)
+                    ok = True
+                finally:
+                    self._cond.acquire()
+                    state[2] = 0
+                    if ok:
+                        state[1] = max(state[1], covers)
+                    self._cond.notify_all()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -636,7 +784,7 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _chain(*parts: Iterable[bytes]) -> Iterator[bytes]:
+def _chain(*parts: Iterable[_T]) -> Iterator[_T]:
     for part in parts:
         yield from part
 
@@ -650,7 +798,22 @@ def _new_id(now: datetime) -> str:
 
 
 def _id_time(entry_id: str) -> datetime:
-    return datetime.strptime(entry_id.split("-", 1)[0], _ID_TIME_FORMAT).replace(tzinfo=UTC)
+    # "YYYYmmddTHHMMSS.ffffffZ-...": fixed positions (ID_PATTERN); strptime costs 20x more.
+    try:
+        return datetime(
+            int(entry_id[0:4]),
+            int(entry_id[4:6]),
+            int(entry_id[6:8]),
+            int(entry_id[9:11]),
+            int(entry_id[11:13]),
+            int(entry_id[13:15]),
+            int(entry_id[16:22]),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        # A name that matches ID_PATTERN but is no date (month 13...): due at once, and
+        # _claim moves it aside as corrupt (its header id check still applies).
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _check_id(entry_id: str) -> str:
