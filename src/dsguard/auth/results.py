@@ -14,6 +14,7 @@ authserv-id (see ``mail.envelope``), never by what the header says about itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -91,6 +92,13 @@ def _strip_comments(text: str) -> tuple[str, str]:
     """Remove RFC 5322 comments (nesting allowed, innermost first); return text and comments."""
     if "(" not in text:
         return text, ""
+    found = _INNER_COMMENT.findall(text)
+    if not found:
+        return text, ""  # the first pass below would change nothing
+    stripped = _INNER_COMMENT.sub(" ", text)
+    if "(" not in stripped:
+        # Flat comments (the usual case): the first pass below, and the last.
+        return stripped, " ".join([c.strip() for c in found])
     comments: list[str] = []
 
     def keep(m: re.Match[str]) -> str:
@@ -109,7 +117,7 @@ def _strip_comments(text: str) -> tuple[str, str]:
 
 def parse_authentication_results(value: str, index: int = 0) -> AuthResultsHeader:
     text = value[:_MAX_CHARS]
-    parse = _parse_results if len(text) <= _CACHED_CHARS else _parse_results.__wrapped__
+    parse = _parse_results if len(text) <= _CACHED_CHARS else _parse_results_uncached
     authserv_id, results = parse(text)
     return AuthResultsHeader(authserv_id, results, index, value)
 
@@ -123,38 +131,57 @@ _CACHED_CHARS = 2048
 
 @lru_cache(maxsize=1024)
 def _parse_results(text: str) -> tuple[str | None, tuple[MethodResult, ...]]:
+    return _results_of_segments(_segments(text), _parse_segment)
+
+
+def _parse_results_uncached(text: str) -> tuple[str | None, tuple[MethodResult, ...]]:
+    """_parse_results for a header too long to be a cache key: its segments are not kept
+    either."""
+    return _results_of_segments(_segments(text), _parse_segment.__wrapped__)
+
+
+def _segments(text: str) -> list[str]:
     # Fast paths: without quoted strings or comments a plain split is the same split; so it is
     # when the comments are flat and hold no ";", '"' or backslash (Exchange's "(sender IP
     # is ...)") -- _split_top would find the same semicolons.
     if '"' not in text and ("(" not in text or _PLAIN_COMMENTS.fullmatch(text)):
-        segments = text.split(";")
-    else:
-        segments = _split_top(text, ";")
+        return text.split(";")
+    return _split_top(text, ";")
+
+
+def _results_of_segments(
+    segments: list[str], parse_segment: Callable[[str], MethodResult | None]
+) -> tuple[str | None, tuple[MethodResult, ...]]:
     authserv_id: str | None = None
-    first, first_comment = _strip_comments(segments[0])
-    first = first.strip()
-    first_method = _METHOD.match(first)
-    if not first_method:
+    # parse_segment gives None exactly when the segment does not start "method=result".
+    if parse_segment(segments[0]) is None:
         # RFC 8601: authserv-id [CFWS authres-version] first; Microsoft omits it.
-        tokens = first.split()
+        tokens = _strip_comments(segments[0])[0].split()
         authserv_id = tokens[0].lower() if tokens else ""
         segments = segments[1:]
     results: list[MethodResult] = []
-    for n, segment in enumerate(segments):
+    for segment in segments:
         if len(results) >= _MAX_RESULTS:
             break
-        m: re.Match[str] | None
-        if n == 0 and first_method:
-            plain, comment, m = first, first_comment, first_method  # already read above
-        else:
-            plain, comment = _strip_comments(segment)
-            plain = plain.strip()
-            m = _METHOD.match(plain)
-        if not m:
-            continue  # "none", Microsoft's stray domain token, or junk
-        props = tuple([(k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end() :])])
-        results.append(MethodResult(m.group(1).lower(), m.group(2).lower(), props, comment))
+        result = parse_segment(segment)
+        if result is not None:  # None: "none", Microsoft's stray domain token, or junk
+            results.append(result)
     return authserv_id, tuple(results)
+
+
+# Cached per "method=result props" segment as well: on mail from new senders the header as a
+# whole is new (the client IP in the SPF comment, the sender's local part), while most of its
+# segments ("dkim=none (message not signed) header.d=none", "compauth=pass reason=100") are
+# not. Only segments of cacheable headers (at most _CACHED_CHARS characters) get here.
+@lru_cache(maxsize=4096)
+def _parse_segment(segment: str) -> MethodResult | None:
+    plain, comment = _strip_comments(segment)
+    plain = plain.strip()
+    m = _METHOD.match(plain)
+    if not m:
+        return None
+    props = tuple([(k.lower(), v.strip('"')) for k, v in _PROP.findall(plain[m.end() :])])
+    return MethodResult(m.group(1).lower(), m.group(2).lower(), props, comment)
 
 
 def parse_received_spf(value: str) -> tuple[str | None, dict[str, str]]:

@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import iptocc
 
+from dsguard.mail.ipaddr import parse_ip
+
 
 # Cached: a mailbox holds the same sending addresses again and again, and a lookup costs
 # several microseconds. The answer depends only on the bundled registry data.
@@ -27,7 +29,7 @@ def country_of(ip: str) -> str | None:
     are returned as given.
     """
     try:
-        address = ipaddress.ip_address(ip)
+        address = parse_ip(ip)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -42,6 +42,7 @@ from typing import Self, TypeVar
 from dsguard.attachments.urls import canonical_host, is_ip_literal_host, url_parts
 from dsguard.errors import InputError
 from dsguard.intel.hosting import SuffixSet
+from dsguard.mail.ipaddr import parse_ip
 
 BUNDLED_SOURCE = "bundled"
 MAX_LIST_BYTES = 64 * 1024 * 1024
@@ -114,7 +115,7 @@ class IocDB:
 
     def _match_ip(self, ip: str) -> IocMatch | None:
         try:
-            address = ipaddress.ip_address(ip.strip().removeprefix("[").removesuffix("]"))
+            address = parse_ip(ip.strip().removeprefix("[").removesuffix("]"))
         except ValueError:
             return None
         candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]

@@ -34,6 +34,7 @@ from dsguard.auth.results import AuthResultsHeader, parse_authentication_results
 from dsguard.config import Trust
 from dsguard.mail.addresses import domain_of, parse_path
 from dsguard.mail.headers import Header
+from dsguard.mail.ipaddr import parse_ip
 from dsguard.mail.message import ParsedMessage
 from dsguard.mail.microsoft import is_exo_frontend, is_exo_internal, parse_forefront
 from dsguard.mail.received import ReceivedHop, parse_received
@@ -110,6 +111,10 @@ class _Internal:
             ipaddress.ip_network(n) for n in internal_networks
         )
         self._known: dict[str, bool] = {}
+        # (version, netmask, network) as ints: ``addr in network`` without its method calls.
+        self._masks = tuple(
+            (n.version, int(n.netmask), int(n.network_address)) for n in self.networks
+        )
 
     def __call__(self, ip: str | None) -> bool:
         if ip is None:
@@ -124,10 +129,11 @@ class _Internal:
 
     def _check(self, ip: str) -> bool:
         try:
-            addr = ipaddress.ip_address(ip)
+            addr = parse_ip(ip)
         except ValueError:
             return True
-        return any(addr.version == n.version and addr in n for n in self.networks)
+        version, value = addr.version, int(addr)
+        return any(v == version and value & mask == network for v, mask, network in self._masks)
 
 
 @lru_cache(maxsize=16)

@@ -11,11 +11,12 @@ trusted hop; the tokenizer is linear and comment nesting is capped.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+from dsguard.mail.ipaddr import canonical_ip
 
 _MAX_CHARS = 4096
 _MAX_DEPTH = 8
@@ -57,10 +58,7 @@ class ReceivedHop:
 def _valid_ip(text: str) -> str | None:
     # Cached: the same relay and client addresses recur across a mailbox, and ipaddress
     # parsing costs microseconds.
-    try:
-        return str(ipaddress.ip_address(text.strip()))
-    except ValueError:
-        return None
+    return canonical_ip(text.strip())
 
 
 _TOKEN = re.compile(r"[()]|[^\s()]+")

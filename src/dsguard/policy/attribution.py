@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from dsguard.config import Connector
+from dsguard.mail.ipaddr import parse_ip
 from dsguard.model import Attribution, AttributionKind, Envelope
 
 ANONYMOUS = Attribution(AttributionKind.ANONYMOUS, reason="no SMTP AUTH and no connector matched")
@@ -31,7 +32,7 @@ def _cert_matches(pattern: str, names: Sequence[str]) -> bool:
 @lru_cache(maxsize=4096)
 def _client_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(text)
+        return parse_ip(text)
     except ValueError:
         return None
 

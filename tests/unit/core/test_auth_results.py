@@ -73,3 +73,27 @@ def test_received_spf() -> None:
         and pairs["client-ip"] == "203.0.113.9"
         and pairs["helo"] == "printer.contoso.com"
     )
+
+
+def test_long_header_reads_like_short_ones() -> None:
+    # Headers longer than the cache bound take the uncached path (segments not cached
+    # either); a header made of the same segments reads the same either way.
+    short = "mx.contoso.com; " + EOP
+    long_value = short + "; dkim=pass (padding " + "x" * 3000 + ") header.d=contoso.com"
+    a, b = parse_authentication_results(short), parse_authentication_results(long_value)
+    assert a.authserv_id == b.authserv_id == "mx.contoso.com"
+    assert b.results[: len(a.results)] == a.results
+    assert b.results[-1].method == "dkim" and b.results[-1].prop("header.d") == "contoso.com"
+
+
+def test_shared_segments_across_headers() -> None:
+    # Segments are cached on their own: the same "dkim=none ..." segment in a header with and
+    # without an authserv-id, and as the first segment, gives the same result everywhere.
+    seg = "dkim=none (message not signed) header.d=none"
+    first = parse_authentication_results(seg + "; spf=pass smtp.mailfrom=a.example")
+    later = parse_authentication_results("mx.example; spf=pass smtp.mailfrom=b.example; " + seg)
+    assert first.authserv_id is None and later.authserv_id == "mx.example"
+    assert first.results[0] == later.results[1]
+    assert first.results[0].comment == "message not signed"
+    lone = parse_authentication_results("mx.example (comment; with semicolon); " + seg)
+    assert lone.authserv_id == "mx.example" and lone.results == (first.results[0],)
