@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gateway.py [--duration 8] [--warmup 2] [--concurrency 1,10,50]
         [--modes transaction,session] [--scenarios reject,accept,postfix] [--profile DIR]
+        [--gateway-workers N]
 
 Must run as root (Postfix's own rule: its master runs as root, its configuration is
 root-owned, its daemons drop to the ``postfix`` user). Starts, all on 127.0.0.1:
@@ -11,7 +12,8 @@ root-owned, its daemons drop to the ``postfix`` user). Starts, all on 127.0.0.1:
 - the dsguard gateway (``python -m dsguard gateway --config FILE``; config in a temp dir:
   ``reject_direct_send = "on"``, accepted domain contoso.com, no DNS, spool and SQLite store in
   the temp dir, downstream = the sink; ``max_sessions_per_ip`` raised to 200 because all load
-  comes from one IP; everything else the shipped defaults, incl. ``relay_concurrency = 4``);
+  comes from one IP; everything else the shipped defaults, incl. ``relay_concurrency = 4``;
+  ``--gateway-workers N`` runs it as N worker processes, ``--workers N``);
 - a throwaway Postfix instance (``tests.fixtures.postfix.PostfixInstance`` lists the exact
   steps: own config, queue and data directories in the temp dir, smtpd on a free port,
   relaying contoso.com to the sink), stopped with ``postfix -c DIR stop`` at the end.
@@ -187,7 +189,12 @@ class Gateway:
     """The dsguard gateway as a subprocess (stderr, one JSON line per decision, to a file)."""
 
     def __init__(
-        self, root: Path, sink: SmtpSink, profile: Path | None, extra: tuple[str, ...] = ()
+        self,
+        root: Path,
+        sink: SmtpSink,
+        profile: Path | None,
+        extra: tuple[str, ...] = (),
+        workers: int = 1,
     ) -> None:
         self.root = root
         root.mkdir(parents=True)
@@ -224,6 +231,8 @@ url = "sqlite:///{root / "dsguard.sqlite3"}"
         else:
             command += ["-m", "dsguard"]
         command += ["gateway", "--config", str(self.config)]
+        if workers > 1:  # the default run stays the plain single-process command
+            command += ["--workers", str(workers)]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 command,
@@ -240,13 +249,20 @@ url = "sqlite:///{root / "dsguard.sqlite3"}"
                 self.stop()
                 raise SystemExit(f"gateway did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.05)
+        # With workers, the supervisor's ready line names them (the peak RSS adds them up).
+        self.pids = [self.proc.pid]
+        for line in self.log.read_bytes().splitlines():
+            if b'"event": "ready"' in line:
+                with contextlib.suppress(ValueError):
+                    self.pids += json.loads(line).get("workers", [])
 
     def failed(self) -> int:
         return len(os.listdir(self.spool / "failed"))
 
     def peak_rss(self) -> int:
-        """Peak resident set size (VmHWM) of the gateway process, bytes."""
-        return _status_kb(self.proc.pid, "VmHWM") * 1024
+        """Peak resident set size (VmHWM) of the gateway process (with workers: the sum over
+        the supervisor and the workers), bytes."""
+        return sum(_status_kb(pid, "VmHWM") for pid in self.pids) * 1024
 
     def decisions(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -749,7 +765,19 @@ def main() -> None:
         help="extra [gateway] line for experiments, TOML (e.g. relay_concurrency=8); "
         "the published figures use the shipped defaults",
     )
+    ap.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the gateway with N worker processes (dsguard gateway --workers N)",
+    )
     args = ap.parse_args()
+    if args.gateway_workers < 1:
+        ap.error("--gateway-workers must be at least 1")
+    if args.profile and args.gateway_workers > 1:
+        # The workers are forked and end with os._exit: their profiles would never be written.
+        ap.error("--profile profiles a single-process gateway; drop --gateway-workers")
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
     scenarios = args.scenarios.split(",")
@@ -768,13 +796,20 @@ def main() -> None:
     try:
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-        gateway = Gateway(tmp / "gateway", sink, args.profile, tuple(args.gateway_option))
+        gateway = Gateway(
+            tmp / "gateway",
+            sink,
+            args.profile,
+            tuple(args.gateway_option),
+            workers=args.gateway_workers,
+        )
         try:
             postfix = PostfixInstance(tmp / "postfix", sink.port).start()
         except PostfixUnavailableError as exc:
             raise SystemExit(f"the Postfix baseline: {exc}") from None
         print(
-            f"Postfix {postfix.version} on :{postfix.port}, dsguard gateway on :{gateway.port}, "
+            f"Postfix {postfix.version} on :{postfix.port}, dsguard gateway on :{gateway.port} "
+            f"({args.gateway_workers} process{'es' if args.gateway_workers > 1 else ''}), "
             f"smtp-sink on :{sink.port}; temp dir {tmp}"
         )
         print(f"runs: {args.warmup:g} s warm-up + {args.duration:g} s counted each\n")

@@ -259,6 +259,9 @@ class Gateway(_Strict):
     # (connection reuse, like Postfix's connection cache); 0 = a new connection per message.
     relay_connection_idle: float = Field(default=5.0, ge=0)
     header_prefix: str = "X-Dsguard"
+    # Processes serving the listeners (SO_REUSEPORT, under a supervisor): one per core; each
+    # process is one event loop and uses a core at most. 1 = a single process, no supervisor.
+    workers: int = Field(default=1, ge=1, le=64)
     limits: GatewayLimits = Field(default_factory=GatewayLimits)
     retry: Retry = Field(default_factory=Retry)
 

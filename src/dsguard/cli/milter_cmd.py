@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from dsguard import workers as workers_mod
 from dsguard.cli.common import config_or_exit, store_or_exit
 from dsguard.cli.errors import fail
 from dsguard.config import Config, load_config
@@ -26,13 +24,10 @@ log = logging.getLogger("dsguard.milter")
 # The event loop thread shares the interpreter with the analysis thread and the event writer:
 # with Python's default of 5 ms it can wait that long for the GIL before answering Postfix.
 SWITCH_INTERVAL = 0.0005
-MAX_WORKERS = 64
-RESPAWN_DELAY = 1.0  # seconds before a worker that died is replaced (no busy loop)
-PARENT_CHECK = 1.0  # seconds between a worker's checks that its parent still runs
+MAX_WORKERS = workers_mod.MAX_WORKERS
 
 
-def _emit(record: dict[str, object]) -> None:
-    print(json.dumps(record), file=sys.stderr, flush=True)
+_emit = workers_mod.emit
 
 
 def milter(
@@ -108,19 +103,13 @@ def _serve(
                 return
             _emit({"event": "reloaded", "config": new.source, "pid": os.getpid()})
 
-        def orphaned() -> None:  # the supervisor is gone (killed): do not serve on alone
-            if os.getppid() != parent:
-                stopping.set()
-            else:
-                loop.call_later(PARENT_CHECK, orphaned)
-
         loop.add_signal_handler(signal.SIGHUP, reload)
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
         if parent is None:
             _emit({"event": "ready", "milter": f"{bound[0]}:{bound[1]}"})
         else:
-            loop.call_later(PARENT_CHECK, orphaned)
+            workers_mod.watch_parent(loop, parent, stopping.set)
             _emit({"event": "worker_ready", "pid": os.getpid()})
         await stopping.wait()
         await server.stop()
@@ -132,30 +121,10 @@ def _serve(
         fail(f"milter: {exc.strerror or exc} ({host}:{port})")
 
 
-def _listener(host: str, port: int) -> socket.socket:
-    """A listening socket in the port's SO_REUSEPORT group: the kernel spreads new
-    connections over the group's sockets, one per worker."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(socket.SOMAXCONN)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def _supervise(cfg: Config, config: Path, host: str, port: int, count: int) -> None:
-    """``--workers N``: N worker processes, each with its own listening socket on the same
-    port. Each worker is a whole milter (engine, resolver cache, event writer); Postfix opens
-    one connection per SMTP session, so sessions spread over the workers. The supervisor
-    forwards SIGHUP (reload) and SIGTERM/SIGINT (stop) and replaces a worker that dies."""
-    if not hasattr(socket, "SO_REUSEPORT"):
-        fail("--workers needs SO_REUSEPORT (Linux, BSD)")
+    """``--workers N``: N worker processes sharing the port (see dsguard.workers). Each worker
+    is a whole milter (engine, resolver cache, event writer); Postfix opens one connection per
+    SMTP session, so sessions spread over the workers."""
     # Everything the workers share is imported before they fork (copy-on-write); nothing
     # here has started a thread or an event loop yet.
     import dsguard.postfix.milter  # noqa: F401
@@ -163,71 +132,16 @@ def _supervise(cfg: Config, config: Path, host: str, port: int, count: int) -> N
     # A storage problem stops the command here, with its message, instead of in every worker
     # (and again in each replacement). Closed before the fork: workers open their own.
     store_or_exit(cfg).close()
-    first = _listener(host, port)
-    port = first.getsockname()[1]
-    children: dict[int, float] = {}  # pid -> start time
-    stopping = False
 
-    def spawn(sock: socket.socket) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _serve(cfg, config, host, port, sock, parent=supervisor)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # a worker must never return into the supervisor's code
-                code = 1
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        children[pid] = time.monotonic()
-        sock.close()  # the worker holds it; a copy here would take connections nobody accepts
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+    def serve(_slot: int, sockets: list[socket.socket]) -> None:
+        _serve(cfg, config, host, port, sockets[0], parent=supervisor)
 
     supervisor = os.getpid()
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)
-    # One socket at a time, each closed here right after its fork: a worker must not inherit
-    # the sockets of the others (one it holds but never accepts on would strand connections
-    # after their worker died).
-    spawn(first)
-    for _ in range(count - 1):
-        spawn(_listener(host, port))
-    _emit(
-        {
-            "event": "ready",
-            "milter": f"{host}:{port}",
-            "workers": sorted(children),
-            "supervisor": supervisor,
-        }
+    code = workers_mod.supervise(
+        [(host, port)],
+        count,
+        serve,
+        describe=lambda bound: {"milter": f"{bound[0][0]}:{bound[0][1]}"},
     )
-    failed = False
-    while children:
-        pid, status = os.wait()
-        started = children.pop(pid, None)
-        if started is None:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            failed = failed or code not in (0, -signal.SIGTERM)
-            continue
-        _emit({"event": "worker_exited", "pid": pid, "status": code})
-        if time.monotonic() - started < RESPAWN_DELAY:
-            time.sleep(RESPAWN_DELAY)
-        if not stopping:
-            spawn(_listener(host, port))
-            _emit({"event": "worker_started", "workers": sorted(children)})
-    if failed:
-        raise typer.Exit(1)
+    if code:
+        raise typer.Exit(code)

@@ -6,6 +6,9 @@ against ``tls_client_ca`` for certificate connectors; no AUTH) and, optionally, 
 listener (``submission_listen``: STARTTLS required, AUTH only after TLS). SIGHUP reloads the
 configuration and applies it to new transactions at once (Microsoft needs 30 minutes); SIGTERM
 stops accepting, lets sessions finish for a while, then tempfails the rest; the spool stays.
+With ``[gateway] workers`` > 1 this is one worker process of several (dsguard.workers): its
+listening sockets come from the supervisor, it claims into its own spool slot and never runs
+``Spool.recover`` (the supervisor did, before starting the workers).
 
 SECURITY: limits per session and per client IP are enforced here (concurrent sessions, whole
 session time, idle time, command count, message size, line length; aiosmtpd itself drops a
@@ -21,8 +24,10 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -51,6 +56,18 @@ SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 AUTH_THROTTLED = "454 4.7.0 Too many authentication failures, try again later"
+# [gateway] keys a reload cannot apply (sockets, spool, TLS, relay and processes are set up
+# once at start); storage.url neither.
+RESTART_KEYS = (
+    "listen",
+    "submission_listen",
+    "spool_dir",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "downstream",
+    "workers",
+)
 
 # <dot-atom@dot-atom-domain> followed by the end or parameters: the everyday MAIL/RCPT
 # argument, for which aiosmtpd's full RFC 5322 parse (_getaddr) gives the address unchanged.
@@ -86,11 +103,13 @@ class ConnectionGate:
     max_per_ip: int
     active: collections.Counter[str] = field(default_factory=collections.Counter)
     sessions: set[GatewaySMTP] = field(default_factory=set)
+    admitted: int = 0  # sessions so far (a worker reports it when it stops)
 
     def admit(self, ip: str) -> bool:
         if sum(self.active.values()) >= self.max_sessions or self.active[ip] >= self.max_per_ip:
             return False
         self.active[ip] += 1
+        self.admitted += 1
         return True
 
     def release(self, ip: str) -> None:
@@ -279,13 +298,25 @@ def _split_hostport(value: str) -> tuple[str, int]:
 
 
 class GatewayServer:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    """The gateway; with ``sockets`` (listener name -> listening socket) and ``slot`` it is
+    one worker of several (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None = None,
+        *,
+        sockets: dict[str, socket.socket] | None = None,
+        slot: int | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.stop_event = asyncio.Event()
         self._servers: list[asyncio.base_events.Server] = []
         self._handlers: list[GatewayHandler] = []
-        self.spool = Spool(Path(config.gateway.spool_dir))
+        self._sockets = sockets
+        self.slot = slot
+        self.spool = Spool(Path(config.gateway.spool_dir), slot=slot)
         self.store: Store | None = None
         self.relay: Relay | None = None
         self.runtime: Runtime | None = None
@@ -297,9 +328,10 @@ class GatewayServer:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        recovered = await asyncio.to_thread(self.spool.recover)
-        if recovered:
-            log.info("spool: %d messages from an interrupted run requeued", recovered)
+        if self.slot is None:  # a worker's supervisor has recovered the spool already
+            recovered = await asyncio.to_thread(self.spool.recover)
+            if recovered:
+                log.info("spool: %d messages from an interrupted run requeued", recovered)
         self.store = await asyncio.to_thread(open_store, cfg.storage.url)
         engine = Engine(cfg)
         downstream = parse_downstream(cfg.gateway.downstream)
@@ -329,13 +361,12 @@ class GatewayServer:
         for name, address, submission in listeners:
             handler = GatewayHandler(self.runtime, submission=submission)
             self._handlers.append(handler)
-            host, port = _split_hostport(address)
-            server = await loop.create_server(
-                functools.partial(self._protocol, handler, submission, tls),
-                host=host,
-                port=port,
-                reuse_address=True,
-            )
+            factory = functools.partial(self._protocol, handler, submission, tls)
+            if self._sockets is not None:
+                server = await loop.create_server(factory, sock=self._sockets[name])
+            else:
+                host, port = _split_hostport(address)
+                server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
             self._servers.append(server)
             sock = server.sockets[0].getsockname()
             self.bound[name] = (sock[0], sock[1])
@@ -413,15 +444,7 @@ class GatewayServer:
                 )
             return
         old = self.runtime
-        for key in (
-            "listen",
-            "submission_listen",
-            "spool_dir",
-            "tls_cert",
-            "tls_key",
-            "tls_client_ca",
-            "downstream",
-        ):
+        for key in RESTART_KEYS:
             if getattr(cfg.gateway, key) != getattr(old.config.gateway, key):
                 log.warning(
                     json.dumps({"event": "reload", "note": f"gateway.{key} changes need a restart"})
@@ -444,6 +467,7 @@ class GatewayServer:
                 {
                     "event": "reloaded",
                     "config": cfg.source,
+                    "pid": os.getpid(),
                     "reject_direct_send": cfg.organization.reject_direct_send,
                 }
             )
@@ -498,19 +522,46 @@ def _drop_aiosmtpd_noise(record: logging.LogRecord) -> bool:
     return "login_data is deprecated" not in record.getMessage()
 
 
-async def run_gateway(config: Config, config_path: str | None) -> None:
-    server = GatewayServer(config, config_path)
+async def run_gateway(
+    config: Config,
+    config_path: str | None,
+    *,
+    sockets: dict[str, socket.socket] | None = None,
+    slot: int | None = None,
+    parent: int | None = None,
+) -> None:
+    """The whole gateway, or (``sockets``, ``slot``, ``parent``: the supervisor's pid) one
+    worker of ``[gateway] workers``."""
+    server = GatewayServer(config, config_path, sockets=sockets, slot=slot)
     await server.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
-    print(
-        json.dumps({"event": "ready", **{k: f"{h}:{p}" for k, (h, p) in server.bound.items()}}),
-        file=sys.stderr,
-        flush=True,
-    )
+    if parent is None:
+        ready: dict[str, object] = {"event": "ready"}
+        ready.update({k: f"{h}:{p}" for k, (h, p) in server.bound.items()})
+    else:
+        # The supervisor says "ready" for the whole gateway; a worker only that it serves.
+        from dsguard.workers import watch_parent
+
+        watch_parent(loop, parent, stopping.set)
+        ready = {"event": "worker_ready", "pid": os.getpid(), "slot": slot}
+    # One write (not print: line and newline separately): workers share the stream.
+    sys.stderr.write(json.dumps(ready) + "\n")
+    sys.stderr.flush()
     await stopping.wait()
     log.info(json.dumps({"event": "stopping"}))
     await server.stop()
+    if parent is not None:
+        log.info(
+            json.dumps(
+                {
+                    "event": "worker_stopped",
+                    "pid": os.getpid(),
+                    "slot": slot,
+                    "sessions": server.gate.admitted,
+                }
+            )
+        )

@@ -4,7 +4,8 @@ Layout: one directory per state (all 0700), one file per entry (0600) named by t
 
     <spool>/tmp/       files being written; never entries (recover() deletes them)
     <spool>/new/       accepted, waiting for the first delivery attempt
-    <spool>/active/    claimed by one relay worker (an attempt is in progress)
+    <spool>/active/    claimed by one relay worker (an attempt is in progress); with
+                       ``dsguard gateway --workers N``, worker slot k claims into active/w<k>/
     <spool>/deferred/  temporary failure, retried at ``next_attempt``
     <spool>/failed/    permanent failure, kept with the reason for an admin (``requeue_failed``)
 
@@ -48,6 +49,14 @@ name is durable once its directory has been fsync'd.
   message part is the damaged file's raw bytes and whose ``last_error`` says what is wrong. It
   does not raise for a bad file.
 
+Several gateway processes (``[gateway] workers``): each worker process has a slot k and its
+own ``active/w<k>/`` and ``tmp/w<k>/`` (``Spool(dir, slot=k)``); new/, deferred/ and failed/ are
+shared, and claiming stays a rename, so two workers racing for an entry still cannot both win.
+``recover`` would steal the other workers' in-flight entries, so only the supervisor runs it,
+once, before any worker starts (a slotted Spool refuses to). When a worker dies, the supervisor
+runs ``recover_slot(k)`` before starting its replacement: the dead worker was the only one
+touching active/w<k>/, so moving those entries back to new/ cannot race with anyone.
+
 Claiming (new|deferred -> active) is not fsync'd: if that rename is lost in a crash, the entry
 simply waits in its old directory, which is just as good. ``claim_fresh`` claims an entry this
 object just enqueued by id (the relay's fast path); it trusts the caller's copy of the entry
@@ -59,8 +68,10 @@ gateway. The header line is read with a hard limit (``MAX_HEADER_BYTES``) and ch
 field (type, id, datetimes with a time zone, size against the real file size); any surprise
 makes the file "corrupt" and it is moved aside to failed/, never interpreted further. Paths are
 built only from ids matching ``ID_PATTERN`` (``requeue_failed`` takes an id typed into an admin
-UI), files are opened with O_NOFOLLOW so a symlink planted in a state directory is not
-followed, and the modes 0700/0600 keep other local users away from the mail.
+UI) and from worker slot numbers (``w<k>``, k an int below 100), files are opened with
+O_NOFOLLOW so a symlink planted in a state directory is not followed, subdirectories other
+than the workers' are never entered, and the modes 0700/0600 keep other local users away from
+the mail.
 """
 
 from __future__ import annotations
@@ -92,6 +103,8 @@ MAX_ERROR_CHARS: Final = 2000
 # Ids sort by creation time (UTC, microseconds) and carry 64 random bits against collisions.
 ID_PATTERN: Final = re.compile(r"\A\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{16}\Z")
 _ID_TIME_FORMAT: Final = "%Y%m%dT%H%M%S.%fZ"
+# A gateway worker's own directories: active/w<slot>/, tmp/w<slot>/.
+SLOT_PATTERN: Final = re.compile(r"\Aw[0-9]{1,2}\Z")
 
 # meta keys this module writes itself.
 META_REQUEUED_AT: Final = "requeued_at"
@@ -129,17 +142,26 @@ class SpoolEntry:
 
 class Spool:
     """The spool directory. Safe to use from several threads and processes at once, except
-    ``recover``, which must run alone at startup."""
+    ``recover``, which must run alone at startup. ``slot``: this process is gateway worker
+    ``slot`` and claims into its own active/w<slot>/ (see the module docstring)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, slot: int | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        for name in (*STATES, TMP):
+        self.slot = slot
+        own = [] if slot is None else [f"active/{_slot_name(slot)}", f"{TMP}/{_slot_name(slot)}"]
+        for name in (*STATES, TMP, *own):
             path = self.directory / name
             path.mkdir(mode=_DIR_MODE, exist_ok=True)
             # mkdir's mode is filtered by the umask and ignored for existing directories.
             os.chmod(path, _DIR_MODE)
+        if own:
+            _fsync_dir(self.directory / "active")
+            _fsync_dir(self.directory / TMP)
         _fsync_dir(self.directory)
+        # Where this process claims entries and writes temporary files.
+        self._active = self.directory / (own[0] if own else "active")
+        self._tmp = self.directory / (own[1] if own else TMP)
         self._lock = threading.Lock()
         # Group commit of directory fsyncs: concurrent enqueues (and dones) share one.
         self._dir_sync = _DirSync()
@@ -183,7 +205,7 @@ class Spool:
         with self._lock:
             free = self._free.pop() if self._free else None
         if free is not None:
-            tmp = self.directory / TMP / free
+            tmp = self._tmp / free
             with contextlib.suppress(OSError):  # gone or unusable: create a new file instead
                 inode = _write_durably(tmp, chunks, want_inode=True, reuse=True)
         if not inode:
@@ -285,7 +307,7 @@ class Spool:
         if recycled is not None:
             # Moved out of active/ instead of unlinked, for the next enqueue to reuse its
             # inode; tmp/ files are never entries (recover() deletes them).
-            target = self.directory / TMP / recycled
+            target = self._tmp / recycled
             try:
                 os.rename(path, target)
             except FileNotFoundError:
@@ -382,13 +404,18 @@ class Spool:
         if state not in STATES:
             raise ValueError(f"unknown spool state {state!r}; expected one of {STATES}")
         entries: builtins.list[SpoolEntry] = []
-        for name in self._entry_names(state):
-            try:
-                entries.append(self._load(state, name))
-            except FileNotFoundError:
-                continue  # moved on by a worker meanwhile
-            except (SpoolCorruptError, OSError) as exc:
-                log.warning("spool: skipping unreadable %s/%s: %s", state, name, exc)
+        # "active" means every worker's: the admin asks what is in flight, not where.
+        # ("active/" is the directory itself whatever this process's slot: see _dir.)
+        where = ["active/", *self._slot_states()] if state == "active" else [state]
+        for place in where:
+            for name in self._entry_names(place):
+                try:
+                    entries.append(self._load(place, name))
+                except FileNotFoundError:
+                    continue  # moved on by a worker meanwhile
+                except (SpoolCorruptError, OSError) as exc:
+                    log.warning("spool: skipping unreadable %s/%s: %s", place, name, exc)
+        entries.sort(key=lambda e: e.id)
         return entries
 
     def requeue_failed(self, entry_id: str) -> bool:
@@ -422,53 +449,93 @@ class Spool:
     def recover(self) -> int:
         """Startup repair; returns how many interrupted entries went from active/ to new/.
 
-        Deletes tmp/ files (enqueue never returned for them), moves active/ back to new/ (the
-        process died mid-delivery) and moves unparsable files aside into failed/. Problems with
-        single files are logged, never raised.
+        Deletes tmp/ files (enqueue never returned for them), moves active/ (and every
+        worker's active/w<k>/) back to new/ (the process died mid-delivery) and moves unparsable
+        files aside into failed/. Problems with single files are logged, never raised.
         """
-        self._clear_tmp()
+        if self.slot is not None:
+            # A worker recovering would take the entries the other workers are delivering.
+            raise RuntimeError("recover() runs in the supervisor, never in a worker")
+        self._clear_tmp(self.directory / TMP, slots=True)
         with self._lock:
             self._free.clear()
         recovered = 0
-        for state in ("active", "new", "deferred", "failed"):
-            directory = self.directory / state
-            with os.scandir(directory) as listing:
-                items = sorted(listing, key=lambda e: e.name)
-            for item in items:
-                if item.is_dir(follow_symlinks=False):
-                    log.warning("spool: ignoring directory %s/%s", state, item.name)
-                    continue
-                try:
-                    if not ID_PATTERN.match(item.name):
-                        raise SpoolCorruptError(f"file name {item.name!r} is not a spool id")
-                    self._load(state, item.name)
-                    if state == "active":
-                        os.rename(item.path, self._path("new", item.name))
-                        recovered += 1
-                except SpoolCorruptError as exc:
-                    self._set_aside(state, item.name, str(exc))
-                except OSError as exc:
-                    log.error("spool: cannot recover %s/%s: %s", state, item.name, exc)
-            _fsync_dir(directory)
+        for state in ("active", *self._slot_states(), "new", "deferred", "failed"):
+            recovered += self._recover_state(state)
         _fsync_dir(self.directory / "new")
         with self._lock:
             self._due_cache.clear()
         return recovered
 
+    def recover_slot(self, slot: int) -> int:
+        """After gateway worker ``slot`` died (and before its replacement starts): move its
+        claimed entries (active/w<slot>/) back to new/ and delete its tmp/w<slot>/ files;
+        returns how many entries were requeued. Safe while the other workers run: nobody else
+        touches those two directories."""
+        if slot == self.slot:
+            raise RuntimeError("a worker cannot recover its own slot while it runs")
+        name = _slot_name(slot)
+        if not (self.directory / "active" / name).is_dir():
+            return 0
+        tmp = self.directory / TMP / name
+        if tmp.is_dir():
+            self._clear_tmp(tmp, slots=False)
+        recovered = self._recover_state(f"active/{name}")
+        _fsync_dir(self.directory / "new")
+        return recovered
+
+    def _slot_states(self) -> builtins.list[str]:
+        """The workers' active directories, as states relative to the spool ("active/w0")."""
+        with os.scandir(self.directory / "active") as listing:
+            return sorted(
+                f"active/{item.name}"
+                for item in listing
+                if SLOT_PATTERN.match(item.name) and item.is_dir(follow_symlinks=False)
+            )
+
+    def _recover_state(self, state: str) -> int:
+        recovered = 0
+        directory = self.directory / state
+        with os.scandir(directory) as listing:
+            items = sorted(listing, key=lambda e: e.name)
+        for item in items:
+            if item.is_dir(follow_symlinks=False):
+                if not (state == "active" and SLOT_PATTERN.match(item.name)):
+                    log.warning("spool: ignoring directory %s/%s", state, item.name)
+                continue
+            try:
+                if not ID_PATTERN.match(item.name):
+                    raise SpoolCorruptError(f"file name {item.name!r} is not a spool id")
+                self._load(state, item.name)
+                if state.startswith("active"):
+                    os.rename(item.path, self._path("new", item.name))
+                    recovered += 1
+            except SpoolCorruptError as exc:
+                self._set_aside(state, item.name, str(exc))
+            except OSError as exc:
+                log.error("spool: cannot recover %s/%s: %s", state, item.name, exc)
+        _fsync_dir(directory)
+        return recovered
+
     # -- internals -------------------------------------------------------------------------
 
+    def _dir(self, state: str) -> Path:
+        # "active" is this process's own (active/w<slot>/ in a worker); "active/w3" names a
+        # worker's explicitly (recover, list), "active/" the top directory.
+        return self._active if state == "active" else self.directory / state
+
     def _path(self, state: str, entry_id: str) -> Path:
-        return self.directory / state / entry_id
+        return self._dir(state) / entry_id
 
     def _tmp_path(self, entry_id: str) -> Path:
-        return self.directory / TMP / f"{entry_id}.{secrets.token_hex(4)}"
+        return self._tmp / f"{entry_id}.{secrets.token_hex(4)}"
 
     def _open(self, state: str, name: str) -> BinaryIO:
         fd = os.open(self._path(state, name), _OPEN_READ)
         return os.fdopen(fd, "rb")
 
     def _entry_names(self, state: str) -> builtins.list[str]:
-        return sorted(n for n in os.listdir(self.directory / state) if ID_PATTERN.match(n))
+        return sorted(n for n in os.listdir(self._dir(state)) if ID_PATTERN.match(n))
 
     def _load(self, state: str, name: str) -> SpoolEntry:
         with self._open(state, name) as handle:
@@ -526,8 +593,8 @@ class Spool:
 
     def _move(self, entry_id: str, source: str, target: str) -> None:
         os.rename(self._path(source, entry_id), self._path(target, entry_id))
-        _fsync_dir(self.directory / target)
-        _fsync_dir(self.directory / source)
+        _fsync_dir(self._dir(target))
+        _fsync_dir(self._dir(source))
 
     def _rewrite_active(self, updated: SpoolEntry) -> None:
         """Replace active/<id> by a complete copy with ``updated``'s header (see module doc)."""
@@ -556,7 +623,7 @@ class Spool:
 
     def _set_aside(self, state: str, name: str, reason: str) -> None:
         """Wrap a damaged file into a valid failed/ entry (raw bytes kept as the message)."""
-        source = self.directory / state / name
+        source = self._path(state, name)
         try:
             fd = os.open(source, _OPEN_READ)
             with os.fdopen(fd, "rb") as handle:
@@ -591,18 +658,21 @@ class Spool:
             return
         log.warning("spool: moved damaged %s/%s to failed/%s: %s", state, name, entry_id, reason)
 
-    def _clear_tmp(self) -> None:
-        directory = self.directory / TMP
+    def _clear_tmp(self, directory: Path, *, slots: bool) -> None:
+        """Delete the files in ``directory`` (and, with ``slots``, in the workers' tmp/w<k>/)."""
         with os.scandir(directory) as listing:
             items = builtins.list(listing)
         for item in items:
             if item.is_dir(follow_symlinks=False):
-                log.warning("spool: ignoring directory tmp/%s", item.name)
+                if slots and SLOT_PATTERN.match(item.name):
+                    self._clear_tmp(Path(item.path), slots=False)
+                else:
+                    log.warning("spool: ignoring directory %s", item.path)
                 continue
             try:
                 os.unlink(item.path)
             except OSError as exc:
-                log.error("spool: cannot delete tmp/%s: %s", item.name, exc)
+                log.error("spool: cannot delete %s: %s", item.path, exc)
         _fsync_dir(directory)
 
 
@@ -814,6 +884,12 @@ def _id_time(entry_id: str) -> datetime:
         # A name that matches ID_PATTERN but is no date (month 13...): due at once, and
         # _claim moves it aside as corrupt (its header id check still applies).
         return datetime.min.replace(tzinfo=UTC)
+
+
+def _slot_name(slot: int) -> str:
+    if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < 100:
+        raise ValueError(f"not a worker slot: {slot!r}")
+    return f"w{slot}"
 
 
 def _check_id(entry_id: str) -> str:

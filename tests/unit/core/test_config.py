@@ -69,3 +69,14 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert cfg.storage.url == f"sqlite:///{conf_dir / 'db' / 'dsguard.sqlite3'}"
     assert cfg.intel.ioc_files == (str(conf_dir / "iocs.txt"), "/abs/iocs.txt")
     assert load_config().gateway.spool_dir == "var/spool"  # no file: relative to the working dir
+
+
+def test_gateway_workers_is_one_to_sixty_four(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    assert load_config(None).gateway.workers == 1
+    cfg.write_text("[gateway]\nworkers = 4\n")
+    assert load_config(cfg).gateway.workers == 4
+    for bad in (0, 65):
+        cfg.write_text(f"[gateway]\nworkers = {bad}\n")
+        with pytest.raises(ConfigError, match="workers"):
+            load_config(cfg)

@@ -1,0 +1,395 @@
+"""``[gateway] workers = N`` / ``dsguard gateway --workers N``: N gateway processes on the same
+listeners (SO_REUSEPORT) under a supervisor, sharing one spool and one store.
+
+Real processes, real sockets, a real Postfix smtp-sink downstream: mail from many concurrent
+connections is delivered exactly once and served by every worker; SIGKILL of one worker while
+mail flows loses no acknowledged message (its claimed spool entries are requeued before its
+replacement starts); SIGHUP reaches every worker; SIGTERM stops them all with status 0; a
+second gateway cannot take over a spool whose workers still run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.fixtures.gateway import free_port
+from tests.fixtures.smtpsink import SinkMessage, SmtpSink
+
+ROOT = Path(__file__).resolve().parents[3]
+SENDER = "news@example.org"
+RECIPIENT = "joe@contoso.com"
+WAIT = 60.0  # bounded polls: only stops a broken gateway from hanging the run
+_SEQ = re.compile(rb"^X-Seq: (\d+)$", re.MULTILINE)
+_ATTEMPT = re.compile(rb"^X-Attempt: (\d+)$", re.MULTILINE)
+
+
+def make_message(seq: int, attempt: int = 1) -> bytes:
+    return (
+        b"From: Example News <news@example.org>\r\n"
+        b"To: Joe <joe@contoso.com>\r\n"
+        b"Subject: Newsletter %d\r\n"
+        b"Date: Thu, 27 Nov 2025 12:00:00 +0000\r\n"
+        b"Message-ID: <workers-%d-%d@example.org>\r\n"
+        b"X-Seq: %d\r\n"
+        b"X-Attempt: %d\r\n"
+        b"\r\n"
+        b"Issue %d of the Contoso newsletter.\r\n" % (seq, seq, attempt, seq, attempt, seq)
+    )
+
+
+def numbered(message: SinkMessage) -> tuple[int, int]:
+    seq = _SEQ.search(message.data)
+    attempt = _ATTEMPT.search(message.data)
+    assert seq is not None and attempt is not None, f"unnumbered message in {message.path}"
+    return int(seq.group(1)), int(attempt.group(1))
+
+
+class Gateway:
+    """``python -m dsguard gateway`` with ``workers = 2`` in the config (``extra`` args go to
+    the command line), in its own session; stderr (JSON lines) in ``gateway.log``."""
+
+    def __init__(self, root: Path, sink: SmtpSink, *extra: str, workers: int = 2) -> None:
+        self.root = root
+        self.spool = root / "spool"
+        self.config = root / "dsguard.toml"
+        self.port = free_port()
+        self.config.write_text(
+            f"""
+[organization]
+accepted_domains = ["contoso.com"]
+reject_direct_send = "off"
+
+[gateway]
+listen = "127.0.0.1:{self.port}"
+hostname = "gateway.example.net"
+downstream = "smtp://{sink.host}:{sink.port}?timeout=10"
+spool_dir = "{self.spool}"
+dns_servers = []
+relay_concurrency = 4
+relay_poll_interval = 0.2
+workers = {workers}
+
+[gateway.retry]
+first_delay = 0.2
+max_delay = 1.0
+
+[storage]
+url = "sqlite:///{root / "dsguard.sqlite3"}"
+""",
+            encoding="utf-8",
+        )
+        self.log_path = root / "gateway.log"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dsguard", "gateway", "--config", str(self.config), *extra],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        ready = self.wait_for(lambda r: r.get("event") == "ready")
+        assert ready["mx"] == f"127.0.0.1:{self.port}"
+        self.supervisor = ready["supervisor"]
+        self.pids: list[int] = ready["workers"]
+        self.wait_for(lambda r: r.get("event") == "worker_ready", count=len(self.pids))
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                value = {"raw": line}
+            out.append(value if isinstance(value, dict) else {"raw": line})
+        return out
+
+    def wait_for(self, match: Any, count: int = 1) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = [r for r in self.records() if match(r)]
+            if len(found) >= count:
+                return found[-1]
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"waited in vain; log:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def backlog(self) -> int:
+        """Entries not finished with: new/, deferred/, active/ and every worker's active/w<k>/."""
+        count = 0
+        for directory in (self.spool / "new", self.spool / "deferred", self.spool / "active"):
+            for path in directory.rglob("*"):
+                count += path.is_file()
+        return count
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"gateway ignored SIGTERM:\n{self.log_tail()}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):  # it may go just now
+                os.kill(pid, signal.SIGKILL)
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    with SmtpSink(tmp_path / "sink") as running:
+        yield running
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, sink: SmtpSink) -> Iterator[Gateway]:
+    (tmp_path / "gw").mkdir()
+    gw = Gateway(tmp_path / "gw", sink)
+    yield gw
+    everyone = {
+        pid
+        for r in gw.records()
+        for pid in r.get("workers", [])
+        if r.get("event") in ("ready", "worker_started")
+    }
+    try:
+        assert gw.stop() == 0, gw.log_tail()
+    finally:
+        # Never leave a worker behind, whatever the test did.
+        assert all(_wait_gone(pid) for pid in everyone), "a worker outlived the gateway"
+    unstructured = [r["raw"] for r in gw.records() if "raw" in r]
+    assert not unstructured, f"lines that are not JSON: {unstructured[:5]}"
+
+
+def _wait_delivered(gw: Gateway, sink: SmtpSink, wanted: set[int]) -> dict[int, list[int]]:
+    """seq -> attempts that reached the sink, once every wanted seq is there and the spool is
+    drained (an entry leaves the spool only after the sink's 250)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        backlog = gw.backlog()
+        by_seq: dict[int, list[int]] = {}
+        for message in sink.received():
+            seq, attempt = numbered(message)
+            by_seq.setdefault(seq, []).append(attempt)
+        missing = wanted - set(by_seq)
+        if (not missing and not backlog) or time.monotonic() > deadline:
+            assert not missing, f"{len(missing)} never delivered, e.g. {sorted(missing)[:10]}"
+            assert backlog == 0, f"spool not drained: {backlog} entries left"
+            return by_seq
+        time.sleep(0.1)
+
+
+def test_concurrent_mail_is_delivered_once_and_served_by_every_worker(
+    gateway: Gateway, sink: SmtpSink
+) -> None:
+    clients, per_client = 16, 10
+    errors: list[BaseException] = []
+
+    def client(first: int) -> None:
+        try:
+            for seq in range(first, first + per_client, 2):
+                # Two messages per connection: many connections, some reused.
+                with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as smtp:
+                    smtp.sendmail(SENDER, [RECIPIENT], make_message(seq))
+                    smtp.sendmail(SENDER, [RECIPIENT], make_message(seq + 1))
+        except BaseException as exc:  # reported below, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i * per_client,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not errors, errors
+    total = clients * per_client
+    by_seq = _wait_delivered(gateway, sink, set(range(total)))
+    assert sorted(by_seq) == list(range(total))
+    assert all(len(copies) == 1 for copies in by_seq.values()), "a message was relayed twice"
+
+    assert gateway.stop() == 0, gateway.log_tail()
+    served = {
+        r["pid"]: r["sessions"] for r in gateway.records() if r.get("event") == "worker_stopped"
+    }
+    assert set(served) == set(gateway.pids)
+    assert sum(served.values()) == total // 2
+    assert all(count > 0 for count in served.values()), served
+
+
+@dataclass
+class Ledger:
+    total: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_seq: int = 0
+    acknowledged: dict[int, int] = field(default_factory=dict)  # seq -> attempt that got 250
+    errors: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    crashed: list[BaseException] = field(default_factory=list)
+
+    def take(self) -> int | None:
+        with self.lock:
+            if self.next_seq >= self.total:
+                return None
+            self.next_seq += 1
+            return self.next_seq - 1
+
+    def acked(self) -> int:
+        with self.lock:
+            return len(self.acknowledged)
+
+
+def send_until_acknowledged(port: int, ledger: Ledger) -> None:
+    """A client on a persistent connection: each message is sent until it gets its 250."""
+    conn: smtplib.SMTP | None = None
+    try:
+        while (seq := ledger.take()) is not None:
+            attempt = 0
+            while not ledger.stop.is_set():
+                attempt += 1
+                try:
+                    if conn is None:
+                        conn = smtplib.SMTP("127.0.0.1", port, timeout=15)
+                    conn.sendmail(SENDER, [RECIPIENT], make_message(seq, attempt))
+                except (smtplib.SMTPException, OSError) as exc:
+                    with ledger.lock:
+                        ledger.errors[type(exc).__name__] += 1
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                    conn = None
+                    time.sleep(0.02)
+                    continue
+                with ledger.lock:
+                    ledger.acknowledged[seq] = attempt
+                break
+    except BaseException as exc:
+        ledger.crashed.append(exc)
+    finally:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.quit()
+
+
+def test_sigkill_of_a_worker_loses_no_acknowledged_message(
+    gateway: Gateway, sink: SmtpSink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = Ledger(total=600)
+    threads = [
+        threading.Thread(target=send_until_acknowledged, args=(gateway.port, ledger), daemon=True)
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + WAIT
+        while ledger.acked() < 200:
+            assert time.monotonic() < deadline and not ledger.crashed, ledger.crashed
+            time.sleep(0.005)
+        victim = gateway.pids[0]
+        os.kill(victim, signal.SIGKILL)  # mid-stream: sessions and deliveries in flight
+        killed_at = ledger.acked()
+        started = gateway.wait_for(lambda r: r.get("event") == "worker_started")
+        assert victim not in started["workers"] and len(started["workers"]) == 2
+        exited = gateway.wait_for(lambda r: r.get("event") == "worker_exited")
+        assert exited["pid"] == victim and exited["status"] == -signal.SIGKILL
+        for thread in threads:
+            thread.join(WAIT)
+        assert not any(t.is_alive() for t in threads), "clients did not finish"
+    finally:
+        ledger.stop.set()
+    assert not ledger.crashed, ledger.crashed
+    assert len(ledger.acknowledged) == ledger.total
+    assert _alive(gateway.supervisor) and not _alive(victim)
+
+    by_seq = _wait_delivered(gateway, sink, set(ledger.acknowledged))
+    copies = sum(len(c) for c in by_seq.values())
+    reclaimed = sum(r["entries"] for r in gateway.records() if r.get("event") == "spool_reclaimed")
+    with capsys.disabled():
+        print(
+            f"\ngateway workers SIGKILL test: {ledger.total} messages, 8 connections, worker "
+            f"killed at {killed_at} acknowledged; failed attempts {dict(ledger.errors)}; "
+            f"entries requeued from the dead worker's slot: {reclaimed}; delivered "
+            f"{len(by_seq)} distinct, {copies - len(by_seq)} duplicates; lost: 0"
+        )
+
+
+def test_reload_reaches_every_worker(gateway: Gateway) -> None:
+    gateway.proc.send_signal(signal.SIGHUP)
+    gateway.wait_for(lambda r: r.get("event") == "reloaded", count=2)
+    reloaded = {r["pid"] for r in gateway.records() if r.get("event") == "reloaded"}
+    assert reloaded == set(gateway.pids)
+    assert _alive(gateway.supervisor)
+
+
+def test_sigterm_stops_every_worker_and_keeps_the_spool(gateway: Gateway) -> None:
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as smtp:
+        smtp.sendmail(SENDER, [RECIPIENT], make_message(1))
+    assert gateway.stop() == 0, gateway.log_tail()
+    assert all(_wait_gone(pid, 10) for pid in gateway.pids)
+    stopped = {r["pid"] for r in gateway.records() if r.get("event") == "worker_stopped"}
+    assert stopped == set(gateway.pids)
+    assert (gateway.spool / "new").is_dir()
+
+
+def test_a_second_gateway_cannot_take_a_spool_in_use(gateway: Gateway, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    text = gateway.config.read_text().replace(str(gateway.port), str(free_port()))
+    other.write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "dsguard", "gateway", "--config", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "in use by another gateway" in done.stderr
+    assert all(_alive(pid) for pid in gateway.pids)
+
+
+def test_workers_option_overrides_the_config(tmp_path: Path, sink: SmtpSink) -> None:
+    gw = Gateway(tmp_path, sink, "--workers", "3", workers=2)
+    try:
+        assert len(gw.pids) == 3
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as smtp:
+            smtp.sendmail(SENDER, [RECIPIENT], make_message(7))
+        assert sorted(_wait_delivered(gw, sink, {7})) == [7]
+    finally:
+        assert gw.stop() == 0, gw.log_tail()
+    assert all(_wait_gone(pid) for pid in gw.pids)
