@@ -140,14 +140,14 @@ def test_sigterm_tells_an_idle_client_421_and_keeps_the_spool(
     tag = token()
     with smtplib.SMTP(gw.host, gw.port, local_hostname="mx.example.org") as smtp:
         smtp.sendmail("news@example.org", ["ann@contoso.com"], message(from_="news@example.org", tag=tag))
-    assert gw.spool_holds(tag.encode())
+    assert gw.spool_holds(tag.encode(), settle=2.0)
 
     with RawSmtp(gw.host, gw.port) as idle:
         idle.cmd("EHLO idle.example.org")
         assert gw.terminate() == 0
         assert idle.reply() == SHUTTING_DOWN
         assert idle.closed_by_peer()
-    assert gw.spool_holds(tag.encode())
+    assert gw.spool_holds(tag.encode(), settle=2.0)
     assert any(r.get("event") == "stopping" for r in gw.records())
 
     # Downstream back, gateway back: the spooled message is delivered.
