@@ -49,7 +49,11 @@ def listener(host: str, port: int) -> socket.socket:
     """A listening socket in the port's SO_REUSEPORT group: the kernel spreads new
     connections over the group's sockets, one per worker."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted
+    # sockets whose proto says TCP (asyncio.base_events._set_nodelay), and the accepted
+    # socket takes the listener's. Without it every session stalled ~40 ms on Nagle plus
+    # delayed ACK between two small replies (seen in bench/gateway.py's session mode).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
