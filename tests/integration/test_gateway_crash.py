@@ -32,17 +32,16 @@ import json
 import os
 import re
 import signal
-import smtplib
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from tests.fixtures.ledger import Ledger, numbered, send_until_acknowledged
 from tests.fixtures.smtpsink import SinkMessage, SmtpSink, expected_dump
 
 from dsguard.gateway.spool import STATES
@@ -56,10 +55,6 @@ CLIENT_HELO = "client.example.org"
 # Seconds; these only stop a broken gateway from hanging the test run (it takes ~15 s).
 DEADLINE = 90.0  # for the clients to get all their 250s
 DELIVERY_WAIT = 60.0  # then for the sink to have every acknowledged message
-
-_SEQ = re.compile(rb"^X-Seq: (\d+)$", re.MULTILINE)
-_ATTEMPT = re.compile(rb"^X-Attempt: (\d+)$", re.MULTILINE)
-
 
 def make_message(seq: int, attempt: int) -> bytes:
     """A small clean newsletter (so the gateway relays it, neither tags nor quarantines it),
@@ -199,72 +194,10 @@ class GatewayProcess:
             return ""
 
 
-@dataclass
-class ClientLedger:
-    """What the sending side knows, shared by the client threads."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    next_seq: int = 0
-    acknowledged: dict[int, int] = field(default_factory=dict)  # seq -> attempt that got 250
-    attempts: dict[int, int] = field(default_factory=dict)  # seq -> attempts made
-    errors: Counter[str] = field(default_factory=Counter)
-    stop: threading.Event = field(default_factory=threading.Event)
-    crashed: list[BaseException] = field(default_factory=list)
-
-    def take(self) -> int | None:
-        with self.lock:
-            if self.next_seq >= TOTAL:
-                return None
-            self.next_seq += 1
-            return self.next_seq - 1
-
-    def acked(self) -> int:
-        with self.lock:
-            return len(self.acknowledged)
-
-
-def send_messages(port: int, ledger: ClientLedger) -> None:
-    """One client thread: take a sequence number, send it until a 250, repeat."""
-    conn: smtplib.SMTP | None = None
-    try:
-        while (seq := ledger.take()) is not None:
-            attempt = 0
-            while not ledger.stop.is_set():
-                attempt += 1
-                with ledger.lock:
-                    ledger.attempts[seq] = attempt
-                try:
-                    if conn is None:
-                        conn = smtplib.SMTP(
-                            "127.0.0.1", port, local_hostname=CLIENT_HELO, timeout=15
-                        )
-                    conn.sendmail(SENDER, [RECIPIENT], make_message(seq, attempt))
-                except (smtplib.SMTPException, OSError) as exc:
-                    # Not acknowledged: the gateway is down, dying or said 4yz.
-                    with ledger.lock:
-                        ledger.errors[type(exc).__name__] += 1
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            conn.close()
-                    conn = None
-                    time.sleep(0.02)
-                    continue
-                with ledger.lock:
-                    ledger.acknowledged[seq] = attempt
-                break
-    except BaseException as exc:  # reported by the test, not lost in a thread
-        ledger.crashed.append(exc)
-    finally:
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.quit()
-
-
-def numbered(message: SinkMessage) -> tuple[int, int]:
-    seq = _SEQ.search(message.data)
-    attempt = _ATTEMPT.search(message.data)
-    assert seq is not None and attempt is not None, f"unnumbered message in {message.path}"
-    return int(seq.group(1)), int(attempt.group(1))
+def _client(port: int, ledger: Ledger) -> None:
+    send_until_acknowledged(
+        port, ledger, make_message, sender=SENDER, recipient=RECIPIENT, helo=CLIENT_HELO
+    )
 
 
 def spool_backlog(spool_dir: Path) -> int:
@@ -282,9 +215,9 @@ def test_sigkill_during_load_loses_no_acknowledged_message(
         gateway = GatewayProcess(config, tmp_path)
         gateway.start()
         started = time.monotonic()
-        ledger = ClientLedger()
+        ledger = Ledger(total=TOTAL)
         clients = [
-            threading.Thread(target=send_messages, args=(port, ledger), daemon=True)
+            threading.Thread(target=_client, args=(port, ledger), daemon=True)
             for _ in range(CLIENTS)
         ]
         try:

@@ -13,29 +13,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import smtplib
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.fixtures.gateway import free_port
-from tests.fixtures.smtpsink import SinkMessage, SmtpSink
+from tests.fixtures.ledger import Ledger, numbered, send_until_acknowledged
+from tests.fixtures.smtpsink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[3]
 SENDER = "news@example.org"
 RECIPIENT = "joe@contoso.com"
 WAIT = 60.0  # bounded polls: only stops a broken gateway from hanging the run
-_SEQ = re.compile(rb"^X-Seq: (\d+)$", re.MULTILINE)
-_ATTEMPT = re.compile(rb"^X-Attempt: (\d+)$", re.MULTILINE)
 
 
 def make_message(seq: int, attempt: int = 1) -> bytes:
@@ -50,13 +46,6 @@ def make_message(seq: int, attempt: int = 1) -> bytes:
         b"\r\n"
         b"Issue %d of the Contoso newsletter.\r\n" % (seq, seq, attempt, seq, attempt, seq)
     )
-
-
-def numbered(message: SinkMessage) -> tuple[int, int]:
-    seq = _SEQ.search(message.data)
-    attempt = _ATTEMPT.search(message.data)
-    assert seq is not None and attempt is not None, f"unnumbered message in {message.path}"
-    return int(seq.group(1)), int(attempt.group(1))
 
 
 class Gateway:
@@ -251,58 +240,8 @@ def test_concurrent_mail_is_delivered_once_and_served_by_every_worker(
     assert all(count > 0 for count in served.values()), served
 
 
-@dataclass
-class Ledger:
-    total: int
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    next_seq: int = 0
-    acknowledged: dict[int, int] = field(default_factory=dict)  # seq -> attempt that got 250
-    errors: Counter[str] = field(default_factory=Counter)
-    stop: threading.Event = field(default_factory=threading.Event)
-    crashed: list[BaseException] = field(default_factory=list)
-
-    def take(self) -> int | None:
-        with self.lock:
-            if self.next_seq >= self.total:
-                return None
-            self.next_seq += 1
-            return self.next_seq - 1
-
-    def acked(self) -> int:
-        with self.lock:
-            return len(self.acknowledged)
-
-
-def send_until_acknowledged(port: int, ledger: Ledger) -> None:
-    """A client on a persistent connection: each message is sent until it gets its 250."""
-    conn: smtplib.SMTP | None = None
-    try:
-        while (seq := ledger.take()) is not None:
-            attempt = 0
-            while not ledger.stop.is_set():
-                attempt += 1
-                try:
-                    if conn is None:
-                        conn = smtplib.SMTP("127.0.0.1", port, timeout=15)
-                    conn.sendmail(SENDER, [RECIPIENT], make_message(seq, attempt))
-                except (smtplib.SMTPException, OSError) as exc:
-                    with ledger.lock:
-                        ledger.errors[type(exc).__name__] += 1
-                    if conn is not None:
-                        with contextlib.suppress(Exception):
-                            conn.close()
-                    conn = None
-                    time.sleep(0.02)
-                    continue
-                with ledger.lock:
-                    ledger.acknowledged[seq] = attempt
-                break
-    except BaseException as exc:
-        ledger.crashed.append(exc)
-    finally:
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.quit()
+def _client(port: int, ledger: Ledger) -> None:
+    send_until_acknowledged(port, ledger, make_message, sender=SENDER, recipient=RECIPIENT)
 
 
 def test_sigkill_of_a_worker_loses_no_acknowledged_message(
@@ -310,7 +249,7 @@ def test_sigkill_of_a_worker_loses_no_acknowledged_message(
 ) -> None:
     ledger = Ledger(total=600)
     threads = [
-        threading.Thread(target=send_until_acknowledged, args=(gateway.port, ledger), daemon=True)
+        threading.Thread(target=_client, args=(gateway.port, ledger), daemon=True)
         for _ in range(8)
     ]
     for thread in threads:
