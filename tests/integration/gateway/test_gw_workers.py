@@ -11,7 +11,6 @@ second gateway cannot take over a spool whose workers still run.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import smtplib
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 from tests.fixtures.gateway import free_port
 from tests.fixtures.ledger import Ledger, numbered, send_until_acknowledged
+from tests.fixtures.processes import alive, json_records, wait_gone
 from tests.fixtures.smtpsink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -99,14 +99,7 @@ url = "sqlite:///{root / "dsguard.sqlite3"}"
         self.wait_for(lambda r: r.get("event") == "worker_ready", count=len(self.pids))
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                value = {"raw": line}
-            out.append(value if isinstance(value, dict) else {"raw": line})
-        return out
+        return json_records(self.log_path.read_text(errors="replace").splitlines())
 
     def wait_for(self, match: Any, count: int = 1) -> dict[str, Any]:
         deadline = time.monotonic() + WAIT
@@ -141,25 +134,6 @@ url = "sqlite:///{root / "dsguard.sqlite3"}"
             raise AssertionError(f"gateway ignored SIGTERM:\n{self.log_tail()}") from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):  # it may go just now
-                os.kill(pid, signal.SIGKILL)
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.fixture
 def sink(tmp_path: Path) -> Iterator[SmtpSink]:
     with SmtpSink(tmp_path / "sink") as running:
@@ -181,7 +155,7 @@ def gateway(tmp_path: Path, sink: SmtpSink) -> Iterator[Gateway]:
         assert gw.stop() == 0, gw.log_tail()
     finally:
         # Never leave a worker behind, whatever the test did.
-        assert all(_wait_gone(pid) for pid in everyone), "a worker outlived the gateway"
+        assert all(wait_gone(pid) for pid in everyone), "a worker outlived the gateway"
     unstructured = [r["raw"] for r in gw.records() if "raw" in r]
     assert not unstructured, f"lines that are not JSON: {unstructured[:5]}"
 
@@ -273,7 +247,7 @@ def test_sigkill_of_a_worker_loses_no_acknowledged_message(
         ledger.stop.set()
     assert not ledger.crashed, ledger.crashed
     assert len(ledger.acknowledged) == ledger.total
-    assert _alive(gateway.supervisor) and not _alive(victim)
+    assert alive(gateway.supervisor) and not alive(victim)
 
     by_seq = _wait_delivered(gateway, sink, set(ledger.acknowledged))
     copies = sum(len(c) for c in by_seq.values())
@@ -292,14 +266,14 @@ def test_reload_reaches_every_worker(gateway: Gateway) -> None:
     gateway.wait_for(lambda r: r.get("event") == "reloaded", count=2)
     reloaded = {r["pid"] for r in gateway.records() if r.get("event") == "reloaded"}
     assert reloaded == set(gateway.pids)
-    assert _alive(gateway.supervisor)
+    assert alive(gateway.supervisor)
 
 
 def test_sigterm_stops_every_worker_and_keeps_the_spool(gateway: Gateway) -> None:
     with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as smtp:
         smtp.sendmail(SENDER, [RECIPIENT], make_message(1))
     assert gateway.stop() == 0, gateway.log_tail()
-    assert all(_wait_gone(pid, 10) for pid in gateway.pids)
+    assert all(wait_gone(pid, 10) for pid in gateway.pids)
     stopped = {r["pid"] for r in gateway.records() if r.get("event") == "worker_stopped"}
     assert stopped == set(gateway.pids)
     assert (gateway.spool / "new").is_dir()
@@ -319,7 +293,7 @@ def test_a_second_gateway_cannot_take_a_spool_in_use(gateway: Gateway, tmp_path:
     )
     assert done.returncode == 2
     assert "in use by another gateway" in done.stderr
-    assert all(_alive(pid) for pid in gateway.pids)
+    assert all(alive(pid) for pid in gateway.pids)
 
 
 def test_workers_option_overrides_the_config(tmp_path: Path, sink: SmtpSink) -> None:
@@ -331,4 +305,4 @@ def test_workers_option_overrides_the_config(tmp_path: Path, sink: SmtpSink) -> 
         assert sorted(_wait_delivered(gw, sink, {7})) == [7]
     finally:
         assert gw.stop() == 0, gw.log_tail()
-    assert all(_wait_gone(pid) for pid in gw.pids)
+    assert all(wait_gone(pid) for pid in gw.pids)

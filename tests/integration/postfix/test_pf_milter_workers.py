@@ -7,7 +7,6 @@ supervisor.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from tests.fixtures.gateway import to_toml
+from tests.fixtures.processes import json_records, wait_gone
 from tests.integration.postfix.test_pf_milter_protocol import RDS_REPLY, Mta
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -68,15 +68,7 @@ class Workers:
         self.wait_for(lambda r: r.get("event") == "worker_ready", count=count)
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-        return out
+        return json_records(self.log_path.read_text(errors="replace").splitlines())
 
     def wait_for(self, match: Any, count: int = 1, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -104,25 +96,7 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     yield daemon
     daemon.stop()
     for pid in daemon.pids:  # never leave a worker behind, whatever the test did
-        _wait_gone(pid, 10)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            return False
-        time.sleep(0.05)
-    return True
+        wait_gone(pid, 10)
 
 
 def _connections_per_pid(pids: list[int], port: int) -> dict[int, int]:
@@ -190,10 +164,10 @@ def test_a_dead_worker_is_replaced(workers: Workers) -> None:
 def test_sigterm_stops_every_worker(workers: Workers) -> None:
     _refused(workers.port).close()
     assert workers.stop() == 0
-    assert all(_wait_gone(pid, 10) for pid in workers.pids)
+    assert all(wait_gone(pid, 10) for pid in workers.pids)
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(workers: Workers) -> None:
     workers.proc.kill()
     workers.proc.wait()
-    assert all(_wait_gone(pid, 15) for pid in workers.pids)
+    assert all(wait_gone(pid, 15) for pid in workers.pids)
