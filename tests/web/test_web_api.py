@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.fixtures.events import event_fields
 from tests.web.conftest import QR_PDF, QR_URL, Admin, Web, campaign_lure
 
 from dsguard.gateway.spool import Spool
@@ -15,28 +16,7 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
 def _event(store: object, **overrides: object) -> int:
-    values: dict[str, object] = {
-        "front_door": "gateway",
-        "client_ip": "139.28.36.117",
-        "helo": "WIN-3J8KQ2H1LDF",
-        "country": "UA",
-        "mail_from": "joe@contoso.com",
-        "rcpt_to": ["joe@contoso.com"],
-        "header_from": "joe@contoso.com",
-        "attribution": "anonymous",
-        "p1": "would_reject",
-        "p2": "would_reject",
-        "mode": "on",
-        "decision": "refused",
-        "verdict": None,
-        "score": None,
-        "finding_ids": [],
-        "message_id": None,
-        "subject": "New Missed Fax-msg",
-        "queue_id": None,
-    }
-    values.update(overrides)
-    return repo.record_event(store, **values)  # type: ignore[arg-type]
+    return repo.record_event(store, **event_fields(**overrides))  # type: ignore[arg-type]
 
 
 def test_quarantine_list_filters_and_pages(signed_in: Admin, hold: Callable[..., str]) -> None:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from tests.fixtures.events import event_fields
 from tests.web.conftest import Admin, Web
 
 from dsguard.store import repository as repo
@@ -16,29 +17,8 @@ from dsguard.web.stats import Window
 
 
 def _event(web: Web, at: datetime, **overrides: object) -> None:
-    values: dict[str, object] = {
-        "front_door": "gateway",
-        "client_ip": "139.28.36.117",
-        "helo": "WIN-3J8KQ2H1LDF",
-        "country": None,  # the page looks the country up when the event has none
-        "mail_from": "joe@contoso.com",
-        "rcpt_to": ["joe@contoso.com"],
-        "header_from": "joe@contoso.com",
-        "attribution": "anonymous",
-        "p1": "would_reject",
-        "p2": "would_reject",
-        "mode": "on",
-        "decision": "refused",
-        "verdict": None,
-        "score": None,
-        "finding_ids": [],
-        "message_id": None,
-        "subject": "New Missed Fax-msg",
-        "queue_id": None,
-        "at": at,
-    }
-    values.update(overrides)
-    repo.record_event(web.store, **values)  # type: ignore[arg-type]
+    # No country: the page looks it up when the event has none.
+    repo.record_event(web.store, **event_fields(**{"country": None, "at": at, **overrides}))
 
 
 def _bars(page: str) -> list[tuple[str, str]]:

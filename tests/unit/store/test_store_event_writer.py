@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event as sa_event
+from tests.fixtures.events import event_fields
 
 from dsguard.store import Store
 from dsguard.store.events import EventWriter
@@ -18,29 +19,9 @@ T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
 def _event(n: int, **overrides: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "front_door": "milter",
-        "client_ip": "139.28.36.10",
-        "helo": "WIN-3QDF7A",
-        "country": "UA",
-        "mail_from": "joe@contoso.com",
-        "rcpt_to": ["joe@contoso.com"],
-        "header_from": None,
-        "attribution": "anonymous",
-        "p1": "would_reject",
-        "p2": "unknown",
-        "mode": "on",
-        "decision": "refused",
-        "verdict": None,
-        "score": None,
-        "finding_ids": [],
-        "message_id": f"<m{n}@example.net>",
-        "subject": None,
-        "queue_id": None,
-        "at": T0 + timedelta(seconds=n),
-    }
-    values.update(overrides)
-    return values
+    return event_fields(
+        **{"message_id": f"<m{n}@example.net>", "at": T0 + timedelta(seconds=n), **overrides}
+    )
 
 
 def _stored_message_ids(store: Store) -> list[str]:

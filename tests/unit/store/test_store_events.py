@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event as sa_event
+from tests.fixtures.events import event_fields
 
 from dsguard.store import Store, open_store
 from dsguard.store.repository import (
@@ -24,29 +25,16 @@ T0 = datetime(2024, 11, 27, 10, 0, tzinfo=UTC)
 
 
 def _event(store: Store, **overrides: Any) -> int:
-    values: dict[str, Any] = {
-        "front_door": "gateway",
+    defaults: dict[str, Any] = {
         "client_ip": "139.28.36.10",
         "helo": "WIN-3QDF7A",
         "country": "RO",
-        "mail_from": "joe@contoso.com",
-        "rcpt_to": ["joe@contoso.com"],
         "header_from": None,
-        "attribution": "anonymous",
-        "p1": "would_reject",
         "p2": "unknown",
-        "mode": "on",
-        "decision": "refused",
-        "verdict": None,
-        "score": None,
-        "finding_ids": [],
-        "message_id": None,
         "subject": None,
-        "queue_id": None,
         "at": T0,
     }
-    values.update(overrides)
-    return record_event(store, **values)
+    return record_event(store, **event_fields(**{**defaults, **overrides}))
 
 
 def test_event_round_trip(store: Store) -> None:
