@@ -133,15 +133,27 @@ def _supervise(cfg: Config, config: Path, host: str, port: int, count: int) -> N
     # (and again in each replacement). Closed before the fork: workers open their own.
     store_or_exit(cfg).close()
 
-    def serve(_slot: int, sockets: list[socket.socket]) -> None:
-        _serve(cfg, config, host, port, sockets[0], parent=supervisor)
-
     supervisor = os.getpid()
+    current = cfg  # what a replacement worker starts with: the last config that loaded
+
+    def on_reload() -> None:
+        nonlocal current
+        try:
+            new = load_config(config)
+        except ConfigError:
+            return  # every worker says why, and keeps its config; replacements keep it too
+        # The store stays the one the running workers write to (a restart changes it).
+        current = new.model_copy(update={"storage": cfg.storage})
+
+    def serve(_slot: int, sockets: list[socket.socket]) -> None:
+        _serve(current, config, host, port, sockets[0], parent=supervisor)
+
     code = workers_mod.supervise(
         [(host, port)],
         count,
         serve,
         describe=lambda bound: {"milter": f"{bound[0][0]}:{bound[0][1]}"},
+        on_reload=on_reload,
     )
     if code:
         raise typer.Exit(code)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 class Workers:
     def __init__(self, root: Path, count: int) -> None:
-        config = root / "dsguard.toml"
+        config = self.config = root / "dsguard.toml"
         config.write_text(
             to_toml(
                 {
@@ -159,6 +159,31 @@ def test_a_dead_worker_is_replaced(workers: Workers) -> None:
     clients = [_refused(workers.port) for _ in range(12)]  # none lands on the dead socket
     for mta in clients:
         mta.close()
+
+
+def test_a_replacement_worker_starts_with_the_reloaded_config(workers: Workers) -> None:
+    text = workers.config.read_text(encoding="utf-8")
+    assert 'reject_direct_send = "on"' in text
+    workers.config.write_text(text.replace('= "on"', '= "audit"'), encoding="utf-8")
+    workers.proc.send_signal(signal.SIGHUP)
+    workers.wait_for(lambda r: r.get("event") == "reloaded", count=2)
+    os.kill(workers.pids[0], signal.SIGKILL)
+    started = workers.wait_for(lambda r: r.get("event") == "worker_started")
+    workers.wait_for(lambda r: r.get("event") == "worker_ready", count=3)
+    workers.pids = started["workers"]
+    # Audit mode everywhere, the replacement included: the spoof's RCPT is let through.
+    clients = []
+    try:
+        for _ in range(16):
+            mta = Mta(workers.port)
+            clients.append(mta)
+            mta.negotiate()
+            assert mta.envelope("ceo@contoso.com", "joe@contoso.com") == (b"c", b"")
+        spread = _connections_per_pid(workers.pids, workers.port)
+        assert all(count > 0 for count in spread.values()), spread
+    finally:
+        for mta in clients:
+            mta.close()
 
 
 def test_sigterm_stops_every_worker(workers: Workers) -> None:
