@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsguard.auth.live import authenticate, authentication_results_header
+from dsguard.auth.live import authenticate
 from dsguard.auth.resolver import Resolver
 from dsguard.auth.summary import AuthSummary
 from dsguard.config import Config
@@ -86,7 +86,7 @@ def judge_message(
             authserv_id=authserv_id,
         )
         auth = live.summary
-        ar_value = authentication_results_header(authserv_id, live)
+        ar_value = auth.evidence  # authenticate() wrote our Authentication-Results value there
     verdict = engine.evaluate(msg, env, auth, accepted=engine.accepted)
     p2 = verdict.rds[1] if len(verdict.rds) > 1 else None
     notes: list[str] = []
