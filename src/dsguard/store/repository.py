@@ -41,6 +41,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    insert,
     literal_column,
     or_,
     select,
@@ -360,14 +361,22 @@ def record_events(store: Store, events: Sequence[Mapping[str, Any]]) -> int:
     :func:`record_event`) in one transaction: one commit, one fsync, for a batch the event
     writer drained from its queue. All or nothing: a bad event raises before anything is
     written. Returns how many were written."""
-    rows = [_event_row(**event) for event in events]
+    rows = [_event_values(**event) for event in events]
     if rows:
+        # One Core executemany, not ORM objects through the unit of work: the ORM flush was
+        # most of the event writer's CPU (a sixth of the gateway's interpreter time at a few
+        # hundred decisions per second). Same columns, same validation (_event_values).
         with store.session() as session:
-            session.add_all(rows)
+            session.connection().execute(insert(Event), rows)
     return len(rows)
 
 
-def _event_row(
+def _event_row(**event: Any) -> Event:
+    """The validated, size-capped row of one event (the fields of :func:`_event_values`)."""
+    return Event(**_event_values(**event))
+
+
+def _event_values(
     *,
     front_door: str,
     client_ip: str | None,
@@ -388,9 +397,9 @@ def _event_row(
     subject: str | None,
     queue_id: str | None,
     at: datetime | None = None,
-) -> Event:
-    """The validated, size-capped row of one event."""
-    return Event(
+) -> dict[str, Any]:
+    """The validated, size-capped column values of one event."""
+    return dict(
         at=_now() if at is None else _aware(at, "at"),
         front_door=_choice(front_door, FRONT_DOORS, "front_door"),
         client_ip=_clean_opt(client_ip, MAX_SHORT),
