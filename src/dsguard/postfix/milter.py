@@ -31,22 +31,29 @@ could not read whole); more than ``MAX_OWN_FIELD_EDITS`` forged dsguard fields t
 message rather than make Postfix rewrite its queue file thousands of times. A malformed packet
 closes that connection only (Postfix then applies ``milter_default_action``); an idle
 connection is closed after ``IDLE_TIMEOUT``; connections are capped at ``MAX_CONNECTIONS``.
-Any internal fault answers tempfail, never a permanent reject. While the analysis runs the
-milter sends SMFIR_PROGRESS so Postfix's ``milter_content_timeout`` does not fire.
+Any internal fault answers tempfail, never a permanent reject. While the analysis runs (in a
+worker thread: DNS and the engine's decoder block) the milter reads nothing more from that
+connection and sends SMFIR_PROGRESS so Postfix's ``milter_content_timeout`` does not fire.
+
+I/O: each connection is a plain :class:`asyncio.Protocol`; a read is split into packets that
+are handled synchronously, and the replies they produce go out in one write, before the
+events and log lines of the decisions they carry are made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import json
 import logging
+import queue
 import socket
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any
 
 from dsguard.auth.resolver import Resolver
 from dsguard.config import Config
@@ -55,7 +62,15 @@ from dsguard.gateway.headers import fold, is_own_field, verdict_fields
 from dsguard.intel.geo import country_of
 from dsguard.mail.addresses import domain_of
 from dsguard.mail.message import ParsedMessage
-from dsguard.model import Action, Attribution, Envelope, EnvelopeOrigin, TlsInfo, Verdict
+from dsguard.model import (
+    Action,
+    Attribution,
+    Envelope,
+    EnvelopeOrigin,
+    RdsDecision,
+    TlsInfo,
+    Verdict,
+)
 from dsguard.policy.attribution import attribute
 from dsguard.policy.judge import MALICIOUS_REJECT, TEMPFAIL, Judgement, judge_message
 from dsguard.policy.rds import decide_p1
@@ -69,15 +84,19 @@ IDLE_TIMEOUT = 1800.0  # seconds without a packet: Postfix's own session limits 
 PROGRESS_INTERVAL = 10.0  # well inside Postfix's milter_content_timeout (300 s)
 MAX_CONNECTIONS = 1000  # one per SMTP session; Postfix's default smtpd limit is 100
 MAX_OWN_FIELD_EDITS = 100
+ANALYSTS = 4  # threads for the end-of-message analysis (DNS lookups and the engine block)
 TOO_MANY_FORGED = "451 4.7.0 Too many header fields claiming to be ours, try again later"
 
 WANTED_ACTIONS = mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_QUARANTINE | mp.SMFIF_SETSYMLIST
 # Events we do not need (unknown commands) and replies we never send (we always continue
 # after CONNECT, HELO, MAIL, headers, end of headers and body chunks): fewer round trips per
-# message. DATA is the exception: we answer it although we only continue, because without a
-# reply the small DATA-macro packet Postfix's smtpd sends sits unacknowledged (our side
-# delays its ACK) and Nagle's algorithm then holds the header packets the cleanup process
-# writes next on the same socket until that delayed ACK: 40 ms per message on Linux.
+# message. Postfix (milter8.c, milter8_event) does not even flush what it wrote for an event
+# without a reply: the MAIL macros and MAIL go out with the first RCPT, the header, EOH and
+# body packets with the end of message, each batch in one write. DATA is the exception: we
+# answer it although we only continue, because without a reply the small DATA-macro packet
+# Postfix's smtpd sends sits unacknowledged (our side delays its ACK) and Nagle's algorithm
+# then holds the header packets the cleanup process writes next on the same socket until that
+# delayed ACK: 40 ms per message on Linux.
 # Header values keep their leading space so the rebuilt message is the received one, byte
 # for byte (DKIM "simple" canonicalisation).
 WANTED_PROTOCOL = (
@@ -100,21 +119,24 @@ MACRO_LISTS = {
     mp.SMFIM_EOM: "i",
 }
 _NO_REPLY_FLAG = {
-    mp.SMFIC_CONNECT: mp.SMFIP_NR_CONN,
-    mp.SMFIC_HELO: mp.SMFIP_NR_HELO,
-    mp.SMFIC_MAIL: mp.SMFIP_NR_MAIL,
-    mp.SMFIC_RCPT: mp.SMFIP_NR_RCPT,
-    mp.SMFIC_DATA: mp.SMFIP_NR_DATA,
-    mp.SMFIC_UNKNOWN: mp.SMFIP_NR_UNKN,
-    mp.SMFIC_HEADER: mp.SMFIP_NR_HDR,
-    mp.SMFIC_EOH: mp.SMFIP_NR_EOH,
-    mp.SMFIC_BODY: mp.SMFIP_NR_BODY,
+    mp.SMFIC_CONNECT[0]: mp.SMFIP_NR_CONN,
+    mp.SMFIC_HELO[0]: mp.SMFIP_NR_HELO,
+    mp.SMFIC_MAIL[0]: mp.SMFIP_NR_MAIL,
+    mp.SMFIC_RCPT[0]: mp.SMFIP_NR_RCPT,
+    mp.SMFIC_DATA[0]: mp.SMFIP_NR_DATA,
+    mp.SMFIC_UNKNOWN[0]: mp.SMFIP_NR_UNKN,
+    mp.SMFIC_HEADER[0]: mp.SMFIP_NR_HDR,
+    mp.SMFIC_EOH[0]: mp.SMFIP_NR_EOH,
+    mp.SMFIC_BODY[0]: mp.SMFIP_NR_BODY,
 }
 # Where a macro is looked up: the latest stage first.
-_MACRO_STAGES = (b"E", b"B", b"N", b"L", b"T", b"R", b"M", b"H", b"C")
-_TRANSACTION_STAGES = (b"M", b"R", b"T", b"L", b"N", b"B", b"E")
-
-T = TypeVar("T")
+_MACRO_STAGES = tuple(c[0] for c in (b"E", b"B", b"N", b"L", b"T", b"R", b"M", b"H", b"C"))
+_TRANSACTION_STAGES = tuple(c[0] for c in (b"M", b"R", b"T", b"L", b"N", b"B", b"E"))
+_OPTNEG = mp.SMFIC_OPTNEG[0]
+_QUIT = mp.SMFIC_QUIT[0]
+_BODYEOB = mp.SMFIC_BODYEOB[0]
+# One encoder for every decision line (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 @dataclass(slots=True)
@@ -125,6 +147,14 @@ class MilterRuntime:
     engine: Engine
     resolver: Resolver | None
     events: EventWriter
+    # Derived once per configuration, not per header packet.
+    own_prefix: bytes = b""  # b"x-dsguard-": a field name starting so claims to be ours
+    own_by_name: bool = True  # the prefix has no ":", so the name alone decides (see header)
+
+    def __post_init__(self) -> None:
+        prefix = self.config.gateway.header_prefix.lower().encode() + b"-"
+        self.own_prefix = prefix
+        self.own_by_name = b":" not in prefix
 
 
 @dataclass(slots=True)
@@ -134,6 +164,8 @@ class Transaction:
     mail_from: str
     attribution: Attribution
     rcpts: list[str] = field(default_factory=list)
+    p1: RdsDecision | None = None  # decided at the first RCPT (the same for every recipient)
+    p1_runtime: MilterRuntime | None = None  # ... with this configuration
     p1_outcome: str = "unknown"
     refused_recorded: bool = False
     audit_notes: list[str] = field(default_factory=list)
@@ -142,7 +174,7 @@ class Transaction:
     collected: int = 0  # bytes kept (headers + body)
     size: int = 0  # bytes seen
     truncated: bool = False
-    field_counts: dict[str, int] = field(default_factory=dict)  # lower-case name -> count
+    field_counts: dict[bytes, int] = field(default_factory=dict)  # lower-case name -> count
     own_fields: list[tuple[str, int]] = field(default_factory=list)  # (name, 1-based index)
     forged_overflow: bool = False
     fault: bool = False
@@ -154,19 +186,100 @@ class Transaction:
         return head + b"\r\n" + bytes(self.body)
 
 
-class MilterSession:
-    """One MTA connection (one SMTP session, or several after SMFIC_QUIT_NC)."""
+class Analysts:
+    """Threads that run the end-of-message analysis and hand each result back to the event
+    loop: live DNS and the engine's attachment decoder block, so they never run on the loop.
+    Lighter than ``run_in_executor`` (no pair of chained futures per message): one queue put,
+    one ``call_soon_threadsafe`` back."""
 
-    def __init__(self, server: MilterServer, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, threads: int = ANALYSTS) -> None:
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], Any], Callable[[Any, BaseException | None], None], asyncio.AbstractEventLoop]
+            | None
+        ] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"dsguard-analyst-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(
+        self, work: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
+    ) -> None:
+        """Run ``work()`` in a thread, then ``done(result, None)`` (or ``done(None, exc)``)
+        in the calling thread's event loop."""
+        self._jobs.put((work, done, asyncio.get_running_loop()))
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            work, done, loop = job
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = work()
+            except BaseException as exc:  # handed to the loop, which answers tempfail
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+                loop.call_soon_threadsafe(done, result, error)
+            del job, work, done, result, error
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+class MilterSession(asyncio.Protocol):
+    """One MTA connection (one SMTP session, or several after SMFIC_QUIT_NC).
+
+    A plain :class:`asyncio.Protocol`: each read is split into packets and handled at once,
+    synchronously, and the replies it produced go out in one write. Only the end of message
+    waits (for the analysis); reading pauses until it is answered.
+    """
+
+    def __init__(self, server: MilterServer) -> None:
         self.server = server
-        self.writer = writer
+        self.transport: asyncio.Transport | None = None
         self.negotiated = False
         self.protocol = 0
         self.leading_space = False
+        self._framer = mp.Framer()
+        self._out: list[bytes] = []
+        self._after: list[Callable[[], None]] = []  # records to make once _out is written
+        self._write_paused = False
+        self._time: Callable[[], float] = time.monotonic  # the loop's clock once connected
+        self._busy = False  # an end of message is being analysed
+        self._closed = False
+        self._counted = False
+        self._last_packet = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._progress: asyncio.TimerHandle | None = None
+        self._handlers: dict[int, Callable[[bytes], bool]] = {
+            mp.SMFIC_MACRO[0]: self._on_macro,
+            mp.SMFIC_CONNECT[0]: self._on_connect,
+            mp.SMFIC_HELO[0]: self._on_helo,
+            mp.SMFIC_MAIL[0]: self._on_mail,
+            mp.SMFIC_RCPT[0]: self._on_rcpt,
+            mp.SMFIC_HEADER[0]: self._on_header,
+            mp.SMFIC_BODY[0]: self._on_body,
+            mp.SMFIC_BODYEOB[0]: self._on_eom,
+            mp.SMFIC_ABORT[0]: self._on_abort,
+            mp.SMFIC_QUIT_NC[0]: self._on_quit_nc,
+            mp.SMFIC_DATA[0]: self._on_data,
+            mp.SMFIC_EOH[0]: self._on_eoh,
+            mp.SMFIC_UNKNOWN[0]: self._on_unknown,
+        }
         self._reset_connection()
 
     def _reset_connection(self) -> None:
-        self.macros: dict[bytes, dict[str, str]] = {}
+        # Macro packets as received, per stage, and parsed on first lookup.
+        self._macro_raw: dict[int, bytes] = {}
+        self._macro_values: dict[int, dict[str, str]] = {}
         self.client_ip: str | None = None
         self.helo: str | None = None
         self.txn: Transaction | None = None
@@ -174,23 +287,146 @@ class MilterSession:
         # about the session may be wrong, so its transactions are tempfailed, never judged.
         self.session_fault = False
 
-    # -- helpers ----------------------------------------------------------------------------
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        if server.connections >= MAX_CONNECTIONS:
+            log.warning("milter: %d connections open, refusing another", server.connections)
+            self._closed = True
+            transport.close()
+            return
+        server.connections += 1
+        self._counted = True
+        loop = asyncio.get_running_loop()
+        self._time = loop.time
+        self._last_packet = loop.time()
+        # One timer per connection, not one per packet: it fires every IDLE_TIMEOUT and
+        # closes the connection when no packet came in that long.
+        self._watchdog = loop.call_later(IDLE_TIMEOUT, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._progress is not None:
+            self._progress.cancel()
+        if self._counted:
+            self._counted = False
+            self.server.connections -= 1
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._framer.feed(data)
+        self._last_packet = self._time()
+        if not self._busy:
+            self._process()
+
+    def eof_received(self) -> bool | None:
+        if not self._busy:
+            problem = self._framer.end_of_stream()
+            if problem is not None:
+                self.malformed(problem)
+        return None  # close the transport
+
+    def pause_writing(self) -> None:
+        # Postfix does not read our replies: stop reading its packets until it does.
+        self._write_paused = True
+        if self.transport is not None and not self._busy:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.transport is not None and not self._busy:
+            self.transport.resume_reading()
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = self._last_packet + IDLE_TIMEOUT - loop.time()
+        if left > 0:
+            self._watchdog = loop.call_later(left, self._check_idle)
+            return
+        log.info("milter: connection idle for %.0f s, closing", IDLE_TIMEOUT)
+        self._abort()
+
+    def _abort(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _close(self) -> None:
+        """Close after what is queued for Postfix has been written."""
+        self._closed = True
+        if self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+    def _flush(self) -> None:
+        """Write the queued replies in one write, then make the records of the decisions
+        they carry: the reply first, the event and the log line after."""
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+        if self._after:
+            after, self._after = self._after, []
+            for record in after:
+                try:
+                    record()
+                except Exception as exc:
+                    # Logged, never answered: a second reply to the same event would put
+                    # Postfix and us out of step.
+                    log.error(
+                        "milter: recording a decision failed: %s: %s", type(exc).__name__, exc
+                    )
+
+    def _process(self) -> None:
+        """Handle every complete packet received, then send the replies in one write."""
+        framer = self._framer
+        while not self._busy and not self._closed:
+            packet = framer.next()
+            if packet is None:
+                break
+            if isinstance(packet, mp.Malformed):
+                self.malformed(packet)
+                self._close()
+                return
+            if not self.handle(*packet):
+                self._close()
+                return
+        self._flush()
+
+    # -- helpers ------------------------------------------------------------------------------
     @property
     def runtime(self) -> MilterRuntime:
         return self.server.runtime
 
     def macro(self, name: str) -> str | None:
+        """The value of macro ``name`` from the latest stage that sent it."""
+        raw_stages = self._macro_raw
+        needle = name.encode("utf-8", "replace") + b"\0"
         for stage in _MACRO_STAGES:
-            values = self.macros.get(stage)
-            if values is not None and name in values:
+            raw = raw_stages.get(stage)
+            # A stage whose packet does not contain the name is skipped unparsed.
+            if raw is None or needle not in raw:
+                continue
+            values = self._macro_values.get(stage)
+            if values is None:
+                values = self._macro_values[stage] = mp.parse_macros(raw)
+            if name in values:
                 return values[name]
         return None
 
-    def expects_reply(self, command: bytes) -> bool:
+    def expects_reply(self, command: int) -> bool:
         flag = _NO_REPLY_FLAG.get(command)
         return flag is not None and not self.protocol & flag
 
-    def envelope(self, txn: Transaction | None, rcpts: tuple[str, ...] = ()) -> Envelope:
+    def envelope(
+        self, txn: Transaction | None, rcpts: tuple[str, ...] = (), *, mail_from: str | None = None
+    ) -> Envelope:
         client_ip = self.client_ip
         tls_version = self.macro("{tls_version}")
         cert_name = (self.macro("{cert_subject}") or "").strip()
@@ -206,7 +442,7 @@ class MilterSession:
             client_ip=client_ip,
             client_hostname=self.macro("{client_name}") or None,
             helo=self.helo,
-            mail_from=txn.mail_from if txn else None,
+            mail_from=txn.mail_from if txn else mail_from,
             rcpt_to=rcpts or (tuple(txn.rcpts) if txn else ()),
             tls=tls,
             auth_user=self.macro("{auth_authen}") or None,
@@ -214,122 +450,131 @@ class MilterSession:
             country=country_of(client_ip) if client_ip else None,
         )
 
-    async def send(self, *packets: bytes) -> None:
-        self.writer.write(b"".join(packets))
-        await self.writer.drain()
+    def send_now(self, *packets: bytes) -> None:
+        """Write replies at once (an analysis result, outside :meth:`_process`)."""
+        self._out.extend(packets)
+        self._flush()
 
-    async def in_thread(self, func: Callable[..., T], /, *args: object, **kwargs: object) -> T:
-        """``func(*args, **kwargs)`` in a worker thread (what ``asyncio.to_thread`` does,
-        without its Task), telling the MTA every PROGRESS_INTERVAL that we are still on it."""
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
-        future = loop.run_in_executor(None, call)
-        timer: asyncio.TimerHandle | None = None
-
-        def progress() -> None:
-            nonlocal timer
-            if not future.done() and not self.writer.is_closing():
-                self.writer.write(mp.PROGRESS)
-                timer = loop.call_later(PROGRESS_INTERVAL, progress)
-
-        timer = loop.call_later(PROGRESS_INTERVAL, progress)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-
-    # -- dispatch ---------------------------------------------------------------------------
-    async def handle(self, packet: mp.Packet) -> bool:
+    # -- dispatch -----------------------------------------------------------------------------
+    def handle(self, command: int, data: bytes) -> bool:
         """Handle one packet; False when the connection must close."""
-        command = packet.command
-        if command == mp.SMFIC_OPTNEG:
-            return await self.negotiate(packet.data)
+        if command == _OPTNEG:
+            return self.negotiate(data)
         if not self.negotiated:
-            log.warning("milter: %r before option negotiation; closing", command)
+            log.warning("milter: %r before option negotiation; closing", bytes((command,)))
             return False
-        if command == mp.SMFIC_QUIT:
+        if command == _QUIT:
             return False
+        handler = self._handlers.get(command)
+        if handler is None:
+            return self.malformed(mp.Malformed(f"unknown command {bytes((command,))!r}"))
         try:
-            return await self.dispatch(command, packet.data)
+            return handler(data)
         except Exception as exc:  # design contract: our fault is a temporary failure
-            log.error("milter: internal error on %r: %s: %s", command, type(exc).__name__, exc)
+            log.error(
+                "milter: internal error on %r: %s: %s", bytes((command,)), type(exc).__name__, exc
+            )
             if self.txn is not None:
                 self.txn.fault = True  # its end of message answers tempfail
             else:
                 self.session_fault = True
-            if command == mp.SMFIC_BODYEOB or self.expects_reply(command):
-                await self.send(mp.reply_code(TEMPFAIL))
+            if command == _BODYEOB or self.expects_reply(command):
+                self._out.append(mp.reply_code(TEMPFAIL))
             return True
-
-    async def dispatch(self, command: bytes, data: bytes) -> bool:
-        if command == mp.SMFIC_MACRO:
-            decoded = mp.decode_macros(data)
-            if isinstance(decoded, mp.Malformed):
-                return self.malformed(decoded)
-            stage, values = decoded
-            self.macros[stage] = values
-            return True
-        if command == mp.SMFIC_CONNECT:
-            conn = mp.decode_connect(data)
-            if isinstance(conn, mp.Malformed):
-                return self.malformed(conn)
-            # {client_addr} is Postfix's RFC form ("IPv6:2001:db8::1" for IPv6).
-            addr = (self.macro("{client_addr}") or conn.address).removeprefix("IPv6:")
-            self.client_ip = addr or None
-            self.helo, self.txn = None, None
-            return await self.reply_continue(command)
-        if command == mp.SMFIC_HELO:
-            parts = mp.split_strings(data, limit=1)
-            if isinstance(parts, mp.Malformed):
-                return self.malformed(parts)
-            self.helo = mp.text(parts[0])[:255] if parts else ""
-            return await self.reply_continue(command)
-        if command == mp.SMFIC_MAIL:
-            args = mp.decode_args(data)
-            if isinstance(args, mp.Malformed):
-                return self.malformed(args)
-            return await self.mail(mp.unbracket(args[0]))
-        if command == mp.SMFIC_RCPT:
-            args = mp.decode_args(data)
-            if isinstance(args, mp.Malformed):
-                return self.malformed(args)
-            return await self.rcpt(mp.unbracket(args[0]))
-        if command == mp.SMFIC_HEADER:
-            header = mp.decode_header(data)
-            if isinstance(header, mp.Malformed):
-                return self.malformed(header)
-            self.header(*header)
-            return await self.reply_continue(command)
-        if command == mp.SMFIC_BODY:
-            self.body(data)
-            return await self.reply_continue(command)
-        if command == mp.SMFIC_BODYEOB:
-            self.body(data)  # Sendmail may send the last chunk with the EOB
-            await self.end_of_message()
-            return True
-        if command == mp.SMFIC_ABORT:
-            self.txn = None
-            for stage in _TRANSACTION_STAGES:
-                self.macros.pop(stage, None)
-            return True
-        if command == mp.SMFIC_QUIT_NC:
-            self._reset_connection()
-            return True
-        if command in (mp.SMFIC_DATA, mp.SMFIC_EOH, mp.SMFIC_UNKNOWN):
-            return await self.reply_continue(command)
-        return self.malformed(mp.Malformed(f"unknown command {command!r}"))
 
     def malformed(self, problem: mp.Malformed) -> bool:
         log.warning("milter: malformed packet, closing the connection: %s", problem.reason)
         return False
 
-    async def reply_continue(self, command: bytes) -> bool:
+    def _reply_continue(self, command: int) -> None:
         if self.expects_reply(command):
-            await self.send(mp.CONTINUE)
+            self._out.append(mp.CONTINUE)
+
+    def _on_data(self, data: bytes) -> bool:
+        self._reply_continue(mp.SMFIC_DATA[0])
         return True
 
-    # -- negotiation ------------------------------------------------------------------------
-    async def negotiate(self, data: bytes) -> bool:
+    def _on_eoh(self, data: bytes) -> bool:
+        self._reply_continue(mp.SMFIC_EOH[0])
+        return True
+
+    def _on_unknown(self, data: bytes) -> bool:
+        self._reply_continue(mp.SMFIC_UNKNOWN[0])
+        return True
+
+    def _on_macro(self, data: bytes) -> bool:
+        problem = mp.check_macros(data)
+        if problem is not None:
+            return self.malformed(problem)
+        stage = data[0]
+        self._macro_raw[stage] = data[1:]
+        self._macro_values.pop(stage, None)
+        return True
+
+    def _on_connect(self, data: bytes) -> bool:
+        conn = mp.decode_connect(data)
+        if isinstance(conn, mp.Malformed):
+            return self.malformed(conn)
+        # {client_addr} is Postfix's RFC form ("IPv6:2001:db8::1" for IPv6).
+        addr = (self.macro("{client_addr}") or conn.address).removeprefix("IPv6:")
+        self.client_ip = addr or None
+        self.helo, self.txn = None, None
+        self._reply_continue(mp.SMFIC_CONNECT[0])
+        return True
+
+    def _on_helo(self, data: bytes) -> bool:
+        parts = mp.split_strings(data, limit=1)
+        if isinstance(parts, mp.Malformed):
+            return self.malformed(parts)
+        self.helo = mp.text(parts[0])[:255] if parts else ""
+        self._reply_continue(mp.SMFIC_HELO[0])
+        return True
+
+    def _on_mail(self, data: bytes) -> bool:
+        args = mp.decode_args(data)
+        if isinstance(args, mp.Malformed):
+            return self.malformed(args)
+        self.mail(mp.unbracket(args[0]))
+        return True
+
+    def _on_rcpt(self, data: bytes) -> bool:
+        args = mp.decode_args(data)
+        if isinstance(args, mp.Malformed):
+            return self.malformed(args)
+        self.rcpt(mp.unbracket(args[0]))
+        return True
+
+    def _on_header(self, data: bytes) -> bool:
+        header = mp.decode_header(data)
+        if isinstance(header, mp.Malformed):
+            return self.malformed(header)
+        self.header(*header)
+        self._reply_continue(mp.SMFIC_HEADER[0])
+        return True
+
+    def _on_body(self, data: bytes) -> bool:
+        self.body(data)
+        self._reply_continue(mp.SMFIC_BODY[0])
+        return True
+
+    def _on_eom(self, data: bytes) -> bool:
+        self.body(data)  # Sendmail may send the last chunk with the EOB
+        self.end_of_message()
+        return True
+
+    def _on_abort(self, data: bytes) -> bool:
+        self.txn = None
+        for stage in _TRANSACTION_STAGES:
+            self._macro_raw.pop(stage, None)
+            self._macro_values.pop(stage, None)
+        return True
+
+    def _on_quit_nc(self, data: bytes) -> bool:
+        self._reset_connection()
+        return True
+
+    # -- negotiation ----------------------------------------------------------------------------
+    def negotiate(self, data: bytes) -> bool:
         offer = mp.decode_optneg(data)
         if isinstance(offer, mp.Malformed):
             return self.malformed(offer)
@@ -341,63 +586,78 @@ class MilterSession:
         macros = MACRO_LISTS if actions & mp.SMFIF_SETSYMLIST else None
         self.negotiated = True
         version = min(offer.version, mp.SMFI_VERSION)
-        await self.send(mp.optneg_reply(version, actions, self.protocol, macros))
+        self._out.append(mp.optneg_reply(version, actions, self.protocol, macros))
         return True
 
     # -- envelope ---------------------------------------------------------------------------
-    async def mail(self, sender: str) -> bool:
-        env = replace(self.envelope(None), mail_from=sender)
+    def mail(self, sender: str) -> None:
+        env = self.envelope(None, mail_from=sender)
         attribution = attribute(env, self.runtime.config.connectors)
         self.txn = Transaction(mail_from=sender, attribution=attribution)
-        return await self.reply_continue(mp.SMFIC_MAIL)
+        self._reply_continue(mp.SMFIC_MAIL[0])
 
-    async def rcpt(self, recipient: str) -> bool:
+    def rcpt(self, recipient: str) -> None:
         txn = self.txn
         if txn is None or txn.fault or self.session_fault:
             # No transaction to judge (MAIL failed inside, or never came): never let a
             # message through unjudged.
-            await self.send(mp.reply_code(TEMPFAIL))
-            return True
+            self._out.append(mp.reply_code(TEMPFAIL))
+            return
         rt = self.runtime
         mode = rt.config.organization.reject_direct_send
-        p1 = decide_p1(mode, rt.engine.accepted, txn.attribution, domain_of(txn.mail_from) or None)
+        p1 = txn.p1
+        if p1 is None or txn.p1_runtime is not rt:
+            # P1 depends on the sender and the attribution only: the same for every RCPT.
+            sender_domain = domain_of(txn.mail_from) or None
+            p1 = txn.p1 = decide_p1(mode, rt.engine.accepted, txn.attribution, sender_domain)
+            txn.p1_runtime = rt
         txn.p1_outcome = p1.outcome.value
         if p1.enforced:
-            await self.send(mp.reply_code(p1.reply))  # the reply first, the records after
+            self._out.append(mp.reply_code(p1.reply))  # the reply first, the records after
             if not txn.refused_recorded:
                 txn.refused_recorded = True
+                reason = "P1 " + p1.reason
 
                 def refused() -> None:
                     env = self.envelope(txn, (*txn.rcpts, recipient))
                     self.record(env, txn, p2="unknown", decision="refused", verdict=None)
-                    self.log_decision(env, txn.attribution, "refused", reason="P1 " + p1.reason)
+                    self.log_decision(env, txn.attribution, "refused", reason=reason)
 
                 self.after_reply(refused)
-            return True
+            return
         if p1.would_reject and mode == "audit":
             note = f"would refuse (P1): {p1.reason}"
             if note not in txn.audit_notes:
                 txn.audit_notes.append(note)
         txn.rcpts.append(recipient)
-        return await self.reply_continue(mp.SMFIC_RCPT)
+        self._reply_continue(mp.SMFIC_RCPT[0])
 
     # -- content ----------------------------------------------------------------------------
-    def header(self, name: str, value: bytes) -> None:
+    def header(self, name: bytes, value: bytes) -> None:
         txn = self.txn
         if txn is None:
             return
-        raw = name.encode("utf-8", "replace") + b":" + (value if self.leading_space else b" " + value)
+        raw = name + b":" + (value if self.leading_space else b" " + value)
         txn.size += len(raw) + 2
+        # Postfix numbers fields per name, case-insensitively (ASCII): so do we.
         key = name.lower()
         index = txn.field_counts.get(key, 0) + 1
         txn.field_counts[key] = index
-        cfg = self.runtime.config
-        if is_own_field(raw.replace(b"\n", b" "), cfg.gateway.hostname, cfg.gateway.header_prefix):
-            if len(txn.own_fields) < MAX_OWN_FIELD_EDITS:
-                txn.own_fields.append((name, index))
-            else:
-                txn.forged_overflow = True
-        limits = cfg.limits
+        rt = self.runtime
+        # Only names with our prefix and Authentication-Results can be ours: the full check
+        # (is_own_field, the authserv-id) runs for those alone.
+        if (
+            not rt.own_by_name
+            or key.startswith(rt.own_prefix)
+            or key == b"authentication-results"
+        ):
+            cfg = rt.config.gateway
+            if is_own_field(raw.replace(b"\n", b" "), cfg.hostname, cfg.header_prefix):
+                if len(txn.own_fields) < MAX_OWN_FIELD_EDITS:
+                    txn.own_fields.append((mp.text(name), index))
+                else:
+                    txn.forged_overflow = True
+        limits = rt.config.limits
         if (
             txn.truncated
             or len(txn.headers) > limits.max_headers
@@ -420,15 +680,15 @@ class MilterSession:
         txn.body += chunk
         txn.collected += len(chunk)
 
-    async def end_of_message(self) -> None:
+    def end_of_message(self) -> None:
         txn, self.txn = self.txn, None
         if txn is None or txn.fault or self.session_fault:
-            await self.send(mp.reply_code(TEMPFAIL))
+            self._out.append(mp.reply_code(TEMPFAIL))
             return
         env = self.envelope(txn)
         queue_id = self.macro("i") or None
         if txn.forged_overflow:
-            await self.send(mp.reply_code(TOO_MANY_FORGED))
+            self._out.append(mp.reply_code(TOO_MANY_FORGED))
 
             def tempfailed() -> None:
                 self.record(
@@ -439,7 +699,7 @@ class MilterSession:
             self.after_reply(tempfailed)
             return
         rt = self.runtime
-        judged = await self.in_thread(
+        work = functools.partial(
             judge_message,
             rt.engine,
             rt.resolver,
@@ -449,19 +709,63 @@ class MilterSession:
             truncated=txn.truncated,
             size=txn.size,
         )
+
+        def judged(result: Judgement | None, error: BaseException | None) -> None:
+            self._analysed(env, txn, queue_id, rt, result, error)
+
+        self.server.analysts.submit(work, judged)  # judged() runs in a later loop iteration
+        # Nothing more comes from Postfix before our answer; should it, it waits unread
+        # until the answer is out.
+        self._busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._start_progress()
+
+    def _start_progress(self) -> None:
+        """Tell the MTA every PROGRESS_INTERVAL that we are still on it, so its
+        milter_content_timeout does not fire while the analysis runs."""
+        loop = asyncio.get_running_loop()
+
+        def progress() -> None:
+            if self._busy and not self._closed and self.transport is not None:
+                self.transport.write(mp.PROGRESS)
+                self._progress = loop.call_later(PROGRESS_INTERVAL, progress)
+
+        self._progress = loop.call_later(PROGRESS_INTERVAL, progress)
+
+    def _analysed(
+        self,
+        env: Envelope,
+        txn: Transaction,
+        queue_id: str | None,
+        rt: MilterRuntime,
+        result: Judgement | None,
+        error: BaseException | None,
+    ) -> None:
+        """The analysis is done (in the loop): answer, record, read on."""
+        if self._progress is not None:
+            self._progress.cancel()
+            self._progress = None
+        self._busy = False
+        if self._closed:
+            return  # Postfix gave up on this connection; nothing to answer
         done: list[Callable[[], None]] = []
-        packets = self.verdict_packets(env, txn, judged, queue_id, done)
-        await self.send(*packets)  # the reply first: the event and the log line after
-        for record in done:
-            self.after_reply(record)
+        try:
+            if error is not None or result is None:
+                raise error or RuntimeError("the analysis returned nothing")
+            packets = self.verdict_packets(env, txn, result, queue_id, done, rt)
+        except BaseException as exc:  # design contract: our fault is a temporary failure
+            log.error("milter: internal error on %r: %s: %s", b"E", type(exc).__name__, exc)
+            packets, done = [mp.reply_code(TEMPFAIL)], []
+        self._after.extend(done)
+        self.send_now(*packets)  # the reply first: the event and the log line after
+        if self.transport is not None and not self._write_paused:
+            self.transport.resume_reading()
+        self._process()
 
     def after_reply(self, record: Callable[[], None]) -> None:
-        """Record a decision whose reply is sent: a fault here is logged, never answered (a
-        second reply to the same event would put Postfix and us out of step)."""
-        try:
-            record()
-        except Exception as exc:
-            log.error("milter: recording a decision failed: %s: %s", type(exc).__name__, exc)
+        """Record a decision once the reply queued for it is written (see :meth:`_flush`)."""
+        self._after.append(record)
 
     def verdict_packets(
         self,
@@ -470,9 +774,11 @@ class MilterSession:
         judged: Judgement,
         queue_id: str | None,
         done: list[Callable[[], None]],
+        rt: MilterRuntime | None = None,
     ) -> list[bytes]:
         """The packets that answer the end of message; what to record once they are sent is
         appended to ``done``."""
+        rt = rt or self.runtime
         verdict = judged.verdict
         notes = txn.audit_notes + list(judged.notes)
         msg = judged.msg
@@ -501,7 +807,7 @@ class MilterSession:
         if action is Action.REJECT:
             decide("refused", "malicious")
             return [mp.reply_code(MALICIOUS_REJECT)]
-        packets = self.header_edits(txn, verdict, notes, judged.ar_value)
+        packets = self.header_edits(txn, verdict, notes, judged.ar_value, rt)
         if action is Action.QUARANTINE:
             decide("quarantined")
             packets.append(mp.quarantine(f"dsguard: verdict {verdict.level.value}"))
@@ -512,12 +818,17 @@ class MilterSession:
         return packets
 
     def header_edits(
-        self, txn: Transaction, verdict: Verdict, notes: list[str], ar_value: str | None
+        self,
+        txn: Transaction,
+        verdict: Verdict,
+        notes: list[str],
+        ar_value: str | None,
+        rt: MilterRuntime | None = None,
     ) -> list[bytes]:
         """Delete the forged fields first (indexes count the fields as received; Postfix skips
         deleted ones, so the last of a name goes first), then insert ours at the top, the last
         one first so they end up in order."""
-        cfg = self.runtime.config.gateway
+        cfg = (rt or self.runtime).config.gateway
         packets = [
             mp.change_header(index, name)
             for name, index in sorted(txn.own_fields, key=lambda f: (f[0].lower(), -f[1]))
@@ -567,6 +878,8 @@ class MilterSession:
         verdict: Verdict | None = None,
         queue_id: str | None = None,
     ) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         record = decision_log_record(
             env,
             attribution,
@@ -577,7 +890,7 @@ class MilterSession:
             queue_id=queue_id,
             front_door="milter",
         )
-        log.info(json.dumps(record, ensure_ascii=False, default=str))
+        log.info(_JSON.encode(record))
 
 
 def make_runtime(config: Config, events: EventWriter) -> MilterRuntime:
@@ -590,6 +903,7 @@ class MilterServer:
     def __init__(self, config: Config, store: Store | None) -> None:
         self.events = EventWriter(store)
         self.runtime = make_runtime(config, self.events)
+        self.analysts = Analysts()
         self.server: asyncio.base_events.Server | None = None
         self.connections = 0
 
@@ -600,60 +914,18 @@ class MilterServer:
         self.runtime = make_runtime(config, self.events)
         asyncio.get_running_loop().call_later(60, old.engine.close)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= MAX_CONNECTIONS:
-            log.warning("milter: %d connections open, refusing another", self.connections)
-            writer.close()
-            return
-        self.connections += 1
-        session = MilterSession(self, writer)
-        packets = mp.PacketReader(reader)
-        # One timer per connection, not one per packet: it fires every IDLE_TIMEOUT and
-        # closes the connection when no packet came in that long.
-        loop = asyncio.get_running_loop()
-        last_packet = loop.time()
-        idle = False
-        watchdog: asyncio.TimerHandle | None = None
-
-        def check_idle() -> None:
-            nonlocal watchdog, idle
-            left = last_packet + IDLE_TIMEOUT - loop.time()
-            if left > 0:
-                watchdog = loop.call_later(left, check_idle)
-                return
-            idle = True
-            log.info("milter: connection idle for %.0f s, closing", IDLE_TIMEOUT)
-            writer.transport.abort()
-
-        watchdog = loop.call_later(IDLE_TIMEOUT, check_idle)
-        try:
-            while True:
-                packet = await packets.next()
-                if idle or packet is None:
-                    return
-                last_packet = loop.time()
-                if isinstance(packet, mp.Malformed):
-                    session.malformed(packet)
-                    return
-                if not await session.handle(packet):
-                    return
-        except (ConnectionError, OSError):
-            return
-        finally:
-            watchdog.cancel()
-            self.connections -= 1
-            with contextlib.suppress(Exception):
-                writer.close()
-
     async def start(
         self, host: str, port: int, *, sock: socket.socket | None = None
     ) -> tuple[str, int]:
         """Listen on ``host:port``, or accept on ``sock``, a listening socket made by the caller
         (the worker processes of ``dsguard milter --workers``)."""
+        loop = asyncio.get_running_loop()
         if sock is not None:
-            self.server = await asyncio.start_server(self.handle, sock=sock)
+            self.server = await loop.create_server(lambda: MilterSession(self), sock=sock)
         else:
-            self.server = await asyncio.start_server(self.handle, host, port, reuse_address=True)
+            self.server = await loop.create_server(
+                lambda: MilterSession(self), host, port, reuse_address=True
+            )
         bound = self.server.sockets[0].getsockname()
         return bound[0], bound[1]
 
@@ -661,5 +933,6 @@ class MilterServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        self.analysts.close()
         self.runtime.engine.close()
         self.events.close()

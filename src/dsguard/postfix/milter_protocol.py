@@ -25,8 +25,8 @@ Sources of the constants (the values are the protocol; they are the same in both
   three negotiation words. Postfix's MILTER_README lists what it supports.
 
 SECURITY: the peer is the local MTA, but header, body and envelope bytes come from SMTP
-clients. Packet lengths are checked before anything is read (at most ``MAX_PACKET_BYTES``;
-zero is malformed), strings must be NUL-terminated inside their packet, counts of strings and
+clients. Packet lengths are checked as soon as their 4-byte prefix is in, before the packet
+is accepted (at most ``MAX_PACKET_BYTES``; zero is malformed), strings must be NUL-terminated inside their packet, counts of strings and
 macros are capped, and every decoder returns :class:`Malformed` (naming the problem) instead
 of raising; the caller then closes that one connection, and the MTA applies its
 ``milter_default_action``. Reply text we send is checked against Postfix's own reply syntax
@@ -35,7 +35,6 @@ and stripped of CR/LF/NUL, so message data cannot inject SMTP lines.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
 from dataclasses import dataclass
@@ -149,87 +148,64 @@ _REPLY = re.compile(r"\A[45][0-9][0-9] (?:[45]\.[0-9]{1,3}\.[0-9]{1,3} )?[\x20-\
 
 
 @dataclass(frozen=True, slots=True)
-class Packet:
-    command: bytes  # one byte
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class Malformed:
     """A packet or field that does not follow the protocol; ``reason`` says how."""
 
     reason: str
 
 
-async def read_packet(
-    reader: asyncio.StreamReader, max_bytes: int = MAX_PACKET_BYTES
-) -> Packet | Malformed | None:
-    """The next packet; None at a clean end of stream (between packets). Never reads more
-    than ``max_bytes`` for one packet: a larger length is Malformed before its data is read."""
-    try:
-        head = await reader.readexactly(MILTER_LEN_BYTES)
-    except asyncio.IncompleteReadError as exc:
-        return None if not exc.partial else Malformed("stream ended inside a length prefix")
-    (length,) = struct.unpack(">I", head)
-    if length < 1:
-        return Malformed("packet length 0 (no command byte)")
-    if length > max_bytes:
-        return Malformed(f"packet length {length} over the limit of {max_bytes}")
-    try:
-        body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        return Malformed(f"stream ended inside a {length}-byte packet")
-    return Packet(body[:1], body[1:])
+class Framer:
+    """Packets out of the bytes the MTA wrote, however the reads split them.
 
+    :meth:`feed` appends what one read returned; :meth:`next` then gives one packet at a time
+    as ``(command byte, data)``, None when the next packet is not complete yet. A read of the
+    MTA's burst (a message's header packets, its macros and events come in one write) yields
+    every packet in it without another read. A length of 0 or over ``max_bytes`` is
+    :class:`Malformed` as soon as its 4-byte prefix is in, before its data arrives, so the
+    buffer never holds more than one packet and one read.
+    """
 
-class PacketReader:
-    """Packets from a stream, read in large chunks: one ``read`` returns every packet the MTA
-    wrote at once (a message's header packets, its macros and events come in bursts), which
-    costs far less than two ``readexactly`` calls per packet. The same limits as
-    :func:`read_packet`: a length over ``max_bytes`` is Malformed before its data is read, so
-    the buffer never holds more than one packet and one chunk."""
+    __slots__ = ("_buf", "_max", "_pos")
 
-    CHUNK = 65536
-
-    def __init__(self, reader: asyncio.StreamReader, max_bytes: int = MAX_PACKET_BYTES) -> None:
-        self._reader = reader
-        self._max = max_bytes
+    def __init__(self, max_bytes: int = MAX_PACKET_BYTES) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._max = max_bytes
 
-    async def next(self) -> Packet | Malformed | None:
-        """The next packet; None at a clean end of stream (between packets)."""
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def pending(self) -> int:
+        """Bytes received and not yet returned as a packet."""
+        return len(self._buf) - self._pos
+
+    def next(self) -> tuple[int, bytes] | Malformed | None:
         buf = self._buf
-        while True:
-            pos = self._pos
-            available = len(buf) - pos
-            if available >= MILTER_LEN_BYTES:
-                length = int.from_bytes(buf[pos : pos + MILTER_LEN_BYTES], "big")
-                if length < 1:
-                    return Malformed("packet length 0 (no command byte)")
-                if length > self._max:
-                    return Malformed(f"packet length {length} over the limit of {self._max}")
-                start = pos + MILTER_LEN_BYTES
-                end = start + length
-                if end <= len(buf):
-                    packet = Packet(bytes(buf[start : start + 1]), bytes(buf[start + 1 : end]))
-                    if end == len(buf):
-                        buf.clear()
-                        self._pos = 0
-                    else:
-                        self._pos = end
-                    return packet
-            if pos:
-                del buf[:pos]
-                self._pos = 0
-            chunk = await self._reader.read(self.CHUNK)
-            if not chunk:
-                if not buf:
-                    return None
-                if len(buf) < MILTER_LEN_BYTES:
-                    return Malformed("stream ended inside a length prefix")
-                return Malformed("stream ended inside a packet")
-            buf += chunk
+        pos = self._pos
+        if len(buf) - pos < MILTER_LEN_BYTES:
+            return None
+        length = int.from_bytes(buf[pos : pos + MILTER_LEN_BYTES], "big")
+        if length < 1:
+            return Malformed("packet length 0 (no command byte)")
+        if length > self._max:
+            return Malformed(f"packet length {length} over the limit of {self._max}")
+        end = pos + MILTER_LEN_BYTES + length
+        if end > len(buf):
+            return None
+        self._pos = end
+        return buf[pos + MILTER_LEN_BYTES], bytes(buf[pos + MILTER_LEN_BYTES + 1 : end])
+
+    def end_of_stream(self) -> Malformed | None:
+        """What an end of stream here means: None between packets, else Malformed."""
+        left = self.pending()
+        if not left:
+            return None
+        if left < MILTER_LEN_BYTES:
+            return Malformed("stream ended inside a length prefix")
+        return Malformed("stream ended inside a packet")
 
 
 def encode(command: bytes, data: bytes = b"") -> bytes:
@@ -280,15 +256,37 @@ def decode_optneg(data: bytes) -> OptNeg | Malformed:
 
 def decode_macros(data: bytes) -> tuple[bytes, dict[str, str]] | Malformed:
     """(the command the macros belong to, {name: value}); names keep their braces."""
+    problem = check_macros(data)
+    if problem is not None:
+        return problem
+    return data[:1], parse_macros(data[1:])
+
+
+def check_macros(data: bytes) -> Malformed | None:
+    """The checks of :func:`decode_macros` without building anything: the milter keeps a
+    macro packet as it came and parses it only when a value is looked up (most stages, e.g.
+    the one before every header, are never looked at)."""
     if not data:
         return Malformed("empty macro packet")
-    parts = split_strings(data[1:], limit=2 * MAX_STRINGS)
-    if isinstance(parts, Malformed):
-        return parts
-    if len(parts) % 2:
+    if len(data) == 1:
+        return None
+    if data[-1] != 0:
+        return Malformed("string not NUL-terminated")
+    count = data.count(b"\0", 1)
+    if count > 2 * MAX_STRINGS:
+        return Malformed(f"more than {2 * MAX_STRINGS} strings in one packet")
+    if count % 2:
         return Malformed("macro name without a value")
-    values = {text(parts[i]): text(parts[i + 1]) for i in range(0, len(parts), 2)}
-    return data[:1], values
+    return None
+
+
+def parse_macros(strings: bytes) -> dict[str, str]:
+    """{name: value} of a macro packet's strings (after the command byte), already checked
+    by :func:`check_macros`."""
+    if not strings:
+        return {}
+    parts = strings[:-1].split(b"\0")
+    return {text(parts[i]): text(parts[i + 1]) for i in range(0, len(parts), 2)}
 
 
 def decode_connect(data: bytes) -> Connect | Malformed:
@@ -311,17 +309,25 @@ def decode_connect(data: bytes) -> Connect | Malformed:
     return Connect(hostname, family, port, address)
 
 
-def decode_header(data: bytes) -> tuple[str, bytes] | Malformed:
-    """(name, raw value): the value keeps its bytes (DKIM needs them) and its ``\\n``s."""
-    parts = split_strings(data, limit=2)
-    if isinstance(parts, Malformed):
-        return parts
-    if len(parts) != 2:
+_BAD_NAME = re.compile(rb"[: \t\r\n]")
+
+
+def decode_header(data: bytes) -> tuple[bytes, bytes] | Malformed:
+    """(raw name, raw value): both keep their bytes (DKIM needs them), the value its ``\\n``s."""
+    if not data:
         return Malformed("HEADER needs a name and a value")
-    name = text(parts[0])
-    if not name or any(c in name for c in ": \t\r\n"):
+    if data[-1] != 0:
+        return Malformed("string not NUL-terminated")
+    nul = data.find(b"\0")
+    if nul == len(data) - 1:
+        return Malformed("HEADER needs a name and a value")
+    value = data[nul + 1 : -1]
+    if b"\0" in value:
+        return Malformed("more than 2 strings in one packet")
+    name = data[:nul]
+    if not name or _BAD_NAME.search(name):
         return Malformed("HEADER with an invalid name")
-    return name, parts[1]
+    return name, value
 
 
 def decode_args(data: bytes) -> list[str] | Malformed:

@@ -22,31 +22,34 @@ def _packet(command: bytes, data: bytes = b"") -> bytes:
     return struct.pack(">I", len(data) + 1) + command + data
 
 
-async def _read_all(chunks: list[bytes], max_bytes: int = mp.MAX_PACKET_BYTES) -> list[object]:
-    reader = asyncio.StreamReader()
-    for chunk in chunks:
-        reader.feed_data(chunk)
-    reader.feed_eof()
-    packets = mp.PacketReader(reader, max_bytes)
+def _read_all(chunks: list[bytes], max_bytes: int = mp.MAX_PACKET_BYTES) -> list[object]:
+    """Feed ``chunks`` one read at a time; every packet, then None (clean end) or Malformed."""
+    framer = mp.Framer(max_bytes)
     out: list[object] = []
-    while True:
-        packet = await packets.next()
-        out.append(packet)
-        if packet is None or isinstance(packet, mp.Malformed):
-            return out
+    for chunk in chunks:
+        framer.feed(chunk)
+        while True:
+            packet = framer.next()
+            if packet is None:
+                break
+            out.append(packet)
+            if isinstance(packet, mp.Malformed):
+                return out
+    out.append(framer.end_of_stream())
+    return out
 
 
-def test_packet_reader_splits_a_burst_and_joins_split_packets() -> None:
+def test_framer_splits_a_burst_and_joins_split_packets() -> None:
     stream = _packet(b"D", b"Mi\0ABC\0") + _packet(b"M", b"<a@b>\0") + _packet(b"N")
     big = _packet(b"B", b"x" * 200_000)
     # every split point of the small burst, and a body packet over several chunks
     for cut in range(len(stream) + 1):
-        got = asyncio.run(_read_all([stream[:cut], stream[cut:], big[:7], big[7:70000], big[70000:]]))
+        got = _read_all([stream[:cut], stream[cut:], big[:7], big[7:70000], big[70000:]])
         assert got == [
-            mp.Packet(b"D", b"Mi\0ABC\0"),
-            mp.Packet(b"M", b"<a@b>\0"),
-            mp.Packet(b"N", b""),
-            mp.Packet(b"B", b"x" * 200_000),
+            (ord("D"), b"Mi\0ABC\0"),
+            (ord("M"), b"<a@b>\0"),
+            (ord("N"), b""),
+            (ord("B"), b"x" * 200_000),
             None,
         ]
 
@@ -60,20 +63,88 @@ def test_packet_reader_splits_a_burst_and_joins_split_packets() -> None:
         ([_packet(b"B", b"xyz")[:-1]], "inside a packet"),
     ],
 )
-def test_packet_reader_malformed(chunks: list[bytes], reason: str) -> None:
-    got = asyncio.run(_read_all(chunks))
+def test_framer_malformed(chunks: list[bytes], reason: str) -> None:
+    got = _read_all(chunks)
     assert isinstance(got[-1], mp.Malformed)
     assert reason in got[-1].reason
 
 
-def test_packet_reader_refuses_a_long_packet_before_reading_it() -> None:
-    async def run() -> object:
-        reader = asyncio.StreamReader()
-        reader.feed_data(struct.pack(">I", 5000) + b"B")  # no data, no EOF: must not wait
-        return await asyncio.wait_for(mp.PacketReader(reader, 4096).next(), 2)
-
-    result = asyncio.run(run())
+def test_framer_refuses_a_long_packet_before_its_data_arrives() -> None:
+    framer = mp.Framer(4096)
+    framer.feed(struct.pack(">I", 5000) + b"B")  # no data yet: must not wait for it
+    result = framer.next()
     assert isinstance(result, mp.Malformed)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty macro packet"),
+        (b"Ci\0x", "not NUL-terminated"),
+        (b"Ci\0", "without a value"),
+        (b"C" + b"a\0b\0" * 65, "more than 128 strings"),
+    ],
+)
+def test_macro_packets_are_checked_without_parsing(data: bytes, reason: str) -> None:
+    problem = mp.check_macros(data)
+    assert isinstance(problem, mp.Malformed) and reason in problem.reason
+    assert mp.decode_macros(data) == problem
+
+
+def test_macro_packets_parse_as_before() -> None:
+    assert mp.check_macros(b"E") is None
+    assert mp.decode_macros(b"E") == (b"E", {})
+    data = b"C{client_addr}\x00192.0.2.1\x00j\x00mx\xff\x00"
+    assert mp.check_macros(data) is None
+    assert mp.decode_macros(data) == (b"C", {"{client_addr}": "192.0.2.1", "j": "mx\ufffd"})
+
+
+def test_macros_are_looked_up_latest_stage_first_and_parsed_only_when_needed() -> None:
+    server = milter.MilterServer(_config(), None)
+    try:
+        session = milter.MilterSession(server)
+        session.negotiated = True
+        for data in (
+            b"C{client_addr}\x00192.0.2.1\x00j\x00mx\x00",
+            b"M{auth_authen}\x00joe\x00i\x00Q1\x00",
+            b"Li\x00Q1\x00",
+            b"Ei\x00Q2\x00",
+        ):
+            assert session.handle(ord("D"), data)
+        assert session.macro("i") == "Q2"
+        assert session.macro("{auth_authen}") == "joe"
+        assert session.macro("{client_addr}") == "192.0.2.1"
+        assert session.macro("{cert_subject}") is None
+        assert session.macro("\x00") is None
+        # The stage before each header never held a name asked for: never parsed.
+        assert ord("L") not in session._macro_values
+        session.handle(ord("A"), b"")  # ABORT forgets the transaction's stages
+        assert session.macro("i") is None
+        assert session.macro("{client_addr}") == "192.0.2.1"
+    finally:
+        asyncio.run(server.stop())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"Subject\0 Hi\0", (b"Subject", b" Hi")),
+        (b"X-\xff\0 v\nw\0", (b"X-\xff", b" v\nw")),
+        (b"Subject\0 Hi", "not NUL-terminated"),
+        (b"Subject\0", "needs a name and a value"),
+        (b"", "needs a name and a value"),
+        (b"A\0b\0c\0", "more than 2 strings"),
+        (b"\0 v\0", "invalid name"),
+        (b"Sub ject\0 v\0", "invalid name"),
+        (b"Sub:ject\0 v\0", "invalid name"),
+    ],
+)
+def test_decode_header(data: bytes, expected: object) -> None:
+    got = mp.decode_header(data)
+    if isinstance(expected, str):
+        assert isinstance(got, mp.Malformed) and expected in got.reason
+    else:
+        assert got == expected
 
 
 def _config() -> Config:
@@ -114,38 +185,44 @@ def test_milter_closes_an_idle_connection(monkeypatch: pytest.MonkeyPatch) -> No
     assert 0.2 <= waited < 3
 
 
-def _slow_answer(seconds: float) -> int:
-    time.sleep(seconds)
-    return 42
-
-
 def test_milter_progress_while_the_analysis_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(milter, "PROGRESS_INTERVAL", 0.05)
 
-    class Writer:
-        def __init__(self) -> None:
-            self.data = b""
+    def slow_judge(*_args: object, **_kwargs: object) -> object:
+        time.sleep(0.3)
+        raise RuntimeError("slow and broken")
 
-        def write(self, data: bytes) -> None:
-            self.data += data
+    monkeypatch.setattr(milter, "judge_message", slow_judge)
 
-        def is_closing(self) -> bool:
-            return False
-
-    async def run() -> tuple[int, bytes]:
+    async def run() -> bytes:
         server = milter.MilterServer(_config(), None)
+        host, port = await server.start("127.0.0.1", 0)
         try:
-            writer = Writer()
-            session = milter.MilterSession(server, writer)  # type: ignore[arg-type]
-            value = await session.in_thread(_slow_answer, 0.3)
-            return value, writer.data
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
+            await _reply(reader)
+            writer.write(_packet(b"M", b"<news@example.org>\0") + _packet(b"R", b"<joe@contoso.com>\0"))
+            assert await _reply(reader) == (b"c", b"")
+            writer.write(_packet(b"L", b"From\0 news@example.org\0") + _packet(b"E"))
+            seen = b""
+            while True:
+                command, data = await _reply(reader)
+                seen += command
+                if command != b"p":
+                    writer.close()
+                    return seen + data
         finally:
             await server.stop()
 
-    value, sent = asyncio.run(run())
-    assert value == 42
-    assert sent.count(mp.PROGRESS) >= 2
-    assert sent == mp.PROGRESS * (len(sent) // len(mp.PROGRESS))
+    seen = asyncio.run(run())
+    # progress while it ran, then the answer to an internal fault: tempfail
+    assert seen.startswith(b"pp") and seen.lstrip(b"p").startswith(b"y451 ")
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readexactly(4), 5)
+    packet = await asyncio.wait_for(reader.readexactly(struct.unpack(">I", head)[0]), 5)
+    return packet[:1], packet[1:]
 
 
 # -- policy server ------------------------------------------------------------------------------
@@ -248,12 +325,9 @@ def test_a_failed_record_after_the_reply_sends_no_second_reply(
         host, port = await server.start("127.0.0.1", 0)
         try:
             reader, writer = await asyncio.open_connection(host, port)
-            packets = mp.PacketReader(reader)
 
             async def reply() -> tuple[bytes, bytes]:
-                packet = await asyncio.wait_for(packets.next(), 5)
-                assert isinstance(packet, mp.Packet)
-                return packet.command, packet.data
+                return await _reply(reader)
 
             writer.write(_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
             await reply()
