@@ -1,15 +1,17 @@
 """Relay spooled messages to the downstream mail server, with retries and permanent failures.
 
-One SMTP transaction (aiosmtplib) per entry: EHLO (HELO if refused) and optional STARTTLS when
-a connection is opened, then MAIL, one RCPT per recipient, DATA. A connection whose
-transaction went through is kept for the next entry (like Postfix's connection cache; at most
-one per delivery slot, closed with QUIT after ``connection_idle`` seconds unused; any other
-outcome closes it). If a reused connection turns out to be dead before the data was sent
-(connection lost, timeout, or a 421 from a server that closed it while idle), the entry is
-retried at once on a new connection, never deferred for that; after the data was sent nothing
-is retried blindly (it may have been delivered). The stored bytes go out unchanged except for what RFC 5321 requires
-of the wire form, which aiosmtplib does: bare CR/LF become CRLF (section 2.3.8) and lines
-starting with "." are dot-stuffed (section 4.5.2).
+One SMTP transaction per entry, with dsguard's own client (``gateway.smtpclient``): EHLO (HELO
+if refused) and optional STARTTLS when a connection is opened, then MAIL, one RCPT per
+recipient, DATA; with PIPELINING (RFC 2920) those go out in one write, so a message costs two
+round trips. A connection whose transaction went through is kept for the next entry (like
+Postfix's connection cache; at most one per delivery slot, closed with QUIT after
+``connection_idle`` seconds unused; any other outcome closes it). If a reused connection turns
+out to be dead before the data was sent (connection lost, timeout, or a 421 from a server that
+closed it while idle), the entry is retried at once on a new connection, never deferred for
+that; after the data was sent nothing is retried blindly (it may have been delivered). The
+stored bytes go out unchanged except for what RFC 5321 requires of the wire form
+(``smtpclient.message_wire``, done once per attempt): bare CR/LF become CRLF (section 2.3.8)
+and lines starting with "." are dot-stuffed (section 4.5.2).
 
 How a reply becomes an outcome (RFC 5321 4.2.1: 2yz done, 4yz transient, 5yz permanent):
 
@@ -49,7 +51,7 @@ was found. On stop, deliveries still running after
 delivered, the others are deferred due at once, so nothing waits in active/ for recover().
 
 SECURITY: the downstream is configured, not chosen by senders, but its replies and the
-envelope are untrusted text. Replies are read by aiosmtplib, which caps line and response
+envelope are untrusted text. Replies are read by ``smtpclient``, which caps line and reply
 length; every command and the connection have ``Downstream.timeout``; reply text is stripped of
 control characters and clipped before it is stored or logged (it ends up in the admin UI).
 Envelope addresses with control characters or angle brackets are refused before anything is
@@ -73,8 +75,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-import aiosmtplib
-
+from dsguard.gateway.smtpclient import (
+    SmtpConnection,
+    SmtpError,
+    SmtpReplyError,
+    message_wire,
+    wire_size,
+)
 from dsguard.gateway.spool import META_REQUEUED_AT, Spool, SpoolEntry
 
 log = logging.getLogger(__name__)
@@ -88,7 +95,6 @@ _DEFAULT_PORT: Final = 25
 _MAX_DETAIL_CHARS: Final = 500
 _UNSAFE_IN_ADDRESS: Final = re.compile(r"[\x00-\x1f\x7f<>]")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
-_LINE_ENDING: Final = re.compile(rb"\r\n|\r|\n")
 
 ResultCallback = Callable[[SpoolEntry, str, str], None]
 _R = TypeVar("_R")
@@ -255,7 +261,7 @@ class Relay:
         # delivered a message wait here, newest last, for the next one; closed after
         # ``connection_idle`` seconds unused (0: one connection per message).
         self._connection_idle = connection_idle
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._idle: list[tuple[SmtpConnection, float]] = []
         self._closing: set[asyncio.Task[None]] = set()
         # The relay's own threads for spool bookkeeping: the default executor is shared with
         # the SMTP sessions, whose spool writes hold its threads for an fsync each, and a
@@ -546,151 +552,144 @@ class Relay:
         ds = self._downstream
         where = f"{ds.host}:{ds.port}"
         checked = dict(attempt.permanent)  # refused above, before any connection
-        smtp = self._checkout()
-        if smtp is not None:
+        wire = message_wire(data)
+        conn = self._checkout()
+        if conn is not None:
             # A cached connection may have died while idle (the downstream restarted, or timed
             # it out): if it fails before the message went out, retry once on a new one.
             reusable = False
             try:
-                reusable = await self._send(smtp, entry, usable, data, attempt, where, True)
+                reusable = await self._send(conn, entry, usable, data, wire, attempt, where, True)
                 return
-            except (_StaleConnectionError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            except (_StaleConnectionError, SmtpError, OSError, TimeoutError) as exc:
                 if attempt.data_started:  # the message may have gone out: no blind retry
-                    if isinstance(exc, aiosmtplib.SMTPResponseException):
-                        detail = _reply_text(where, exc.code, exc.message)
-                    else:
-                        detail = _clip(f"{where}: {exc}")
-                    attempt.unsettled_temporary(recipients, detail)
+                    attempt.unsettled_temporary(recipients, _error_text(where, exc))
                     return
                 log.debug("relay: cached connection to %s unusable (%s); reconnecting", where, exc)
                 attempt.temporary.clear()
                 attempt.permanent = dict(checked)
             finally:
-                self._release(smtp, reusable)
-        smtp = aiosmtplib.SMTP(
-            hostname=ds.host,
-            port=ds.port,
-            local_hostname=self._helo,
-            timeout=ds.timeout,
-            use_tls=False,
-            # smtp:// never upgrades on its own (an unverifiable certificate would then stop
-            # all mail); smtp+starttls:// requires it.
-            start_tls=ds.starttls,
-        )
+                self._release(conn, reusable)
+        conn = None
         reusable = False
         try:
-            await smtp.connect()
-            await self._greet(smtp)
-            reusable = await self._send(smtp, entry, usable, data, attempt, where, False)
-        except aiosmtplib.SMTPResponseException as exc:
-            attempt.unsettled_temporary(recipients, _reply_text(where, exc.code, exc.message))
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            attempt.unsettled_temporary(recipients, _clip(f"{where}: {exc}"))
+            # smtp:// never upgrades on its own (an unverifiable certificate would then stop
+            # all mail); smtp+starttls:// requires it.
+            conn = await SmtpConnection.open(
+                ds.host, ds.port, helo=self._helo, timeout=ds.timeout, starttls=ds.starttls
+            )
+            reusable = await self._send(conn, entry, usable, data, wire, attempt, where, False)
+        except (SmtpError, OSError, TimeoutError) as exc:
+            attempt.unsettled_temporary(recipients, _error_text(where, exc))
         finally:
-            self._release(smtp, reusable)
+            if conn is not None:
+                self._release(conn, reusable)
 
     # -- connection cache ------------------------------------------------------------------
 
-    def _checkout(self) -> aiosmtplib.SMTP | None:
+    def _checkout(self) -> SmtpConnection | None:
         now = time.monotonic()
         while self._idle:
-            smtp, since = self._idle.pop()
-            if smtp.is_connected and now - since < self._connection_idle:
-                return smtp
-            self._retire(smtp)
+            conn, since = self._idle.pop()
+            if conn.reusable and now - since < self._connection_idle:
+                return conn
+            self._retire(conn)
         return None
 
-    def _release(self, smtp: aiosmtplib.SMTP, reusable: bool) -> None:
+    def _release(self, conn: SmtpConnection, reusable: bool) -> None:
         """After a delivery: keep the connection for the next message (only while run() is
         running, which closes the cache at its end) or close it."""
         if (
             reusable
             and self._connection_idle > 0
             and self._loop is not None
-            and smtp.is_connected
+            and conn.reusable
             and len(self._idle) < self._concurrency
         ):
-            self._idle.append((smtp, time.monotonic()))
+            self._idle.append((conn, time.monotonic()))
         elif reusable:
-            self._retire(smtp)
+            self._retire(conn)
         else:
-            smtp.close()
+            conn.close()
 
-    def _retire(self, smtp: aiosmtplib.SMTP) -> None:
+    def _retire(self, conn: SmtpConnection) -> None:
         """Say QUIT (in the background) and close."""
-        if not smtp.is_connected:
-            smtp.close()
+        if not conn.reusable:
+            conn.close()
             return
-        task = asyncio.ensure_future(_quit_quietly(smtp, timeout=5.0))
+        task = asyncio.ensure_future(conn.quit(timeout=5.0))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     def _reap_idle(self) -> None:
         now = time.monotonic()
-        keep: list[tuple[aiosmtplib.SMTP, float]] = []
-        for smtp, since in self._idle:
-            if smtp.is_connected and now - since < self._connection_idle:
-                keep.append((smtp, since))
+        keep: list[tuple[SmtpConnection, float]] = []
+        for conn, since in self._idle:
+            if conn.reusable and now - since < self._connection_idle:
+                keep.append((conn, since))
             else:
-                self._retire(smtp)
+                self._retire(conn)
         self._idle = keep
 
     async def _close_idle(self) -> None:
         idle, self._idle = self._idle, []
-        for smtp, _since in idle:
-            self._retire(smtp)
+        for conn, _since in idle:
+            self._retire(conn)
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
 
-    async def _greet(self, smtp: aiosmtplib.SMTP) -> None:
-        if smtp.last_ehlo_response is not None:
-            return  # connect() already did EHLO (after STARTTLS)
-        try:
-            await smtp.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await smtp.helo()  # pre-ESMTP server (RFC 5321 3.2)
-
     async def _send(
         self,
-        smtp: aiosmtplib.SMTP,
+        conn: SmtpConnection,
         entry: SpoolEntry,
         recipients: list[str],
         data: bytes,
+        wire: bytes,
         attempt: _Attempt,
         where: str,
         reused: bool,
     ) -> bool:
         """One transaction; True if the connection is clean for the next one (the message
         went through). On a ``reused`` connection, a 421 before the data (the server closing
-        an idle connection) raises _StaleConnectionError instead of settling anything."""
+        an idle connection) raises _StaleConnectionError instead of settling anything.
+
+        With PIPELINING (RFC 2920 3.1) MAIL, every RCPT and DATA go out in one write and the
+        replies are read in order: two round trips per message instead of 3 + recipients."""
         utf8 = not entry.mail_from.isascii() or not all(r.isascii() for r in recipients)
-        if utf8 and not smtp.supports_extension("smtputf8"):
+        if utf8 and not conn.supports("smtputf8"):
             detail = f"{where}: non-ASCII address but SMTPUTF8 is not offered (RFC 6531 3.2)"
             for rcpt in recipients:
                 attempt.permanent[rcpt] = detail
-            await _quit_quietly(smtp)
+            await conn.quit()
             return False
         encoding = "utf-8" if utf8 else "ascii"
-        params: list[bytes] = []
-        if smtp.supports_extension("size"):
-            params.append(b"SIZE=%d" % _wire_size(data))  # RFC 1870
-        if smtp.supports_extension("8bitmime") and not data.isascii():
-            params.append(b"BODY=8BITMIME")  # RFC 6152
+        mail = b"MAIL FROM:<" + entry.mail_from.encode(encoding) + b">"
+        if conn.supports("size"):
+            mail += b" SIZE=%d" % wire_size(data)  # RFC 1870
+        if conn.supports("8bitmime") and not data.isascii():
+            mail += b" BODY=8BITMIME"  # RFC 6152
         if utf8:
-            params.append(b"SMTPUTF8")
-        mail_from = b"FROM:<" + entry.mail_from.encode(encoding) + b">"
-        reply = await smtp.execute_command(b"MAIL", mail_from, *params)
+            mail += b" SMTPUTF8"
+        rcpts = [b"RCPT TO:<" + rcpt.encode(encoding) + b">" for rcpt in recipients]
+        pipelined = conn.pipelining
+        if pipelined:
+            conn.write([mail, *rcpts, b"DATA"])
+        else:
+            conn.write([mail])
+        reply = await conn.reply()
         if reused and reply.code == 421:
             raise _StaleConnectionError(_reply_text(where, reply.code, reply.message))
         if not _is_success(reply.code):
             _settle_all(
                 attempt, recipients, reply.code, _reply_text(where, reply.code, reply.message)
             )
-            await _quit_quietly(smtp)
+            await conn.quit()  # reads the RCPT and DATA replies still owed first
             return False
         accepted: list[str] = []
-        for rcpt in recipients:
-            reply = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">")
+        for rcpt, command in zip(recipients, rcpts, strict=True):
+            if not pipelined:
+                conn.write([command])
+            reply = await conn.reply()
             if reused and reply.code == 421:
                 raise _StaleConnectionError(_reply_text(where, reply.code, reply.message))
             if _is_success(reply.code):
@@ -699,15 +698,33 @@ class Relay:
                 _settle_all(
                     attempt, [rcpt], reply.code, _reply_text(where, reply.code, reply.message)
                 )
+        if not accepted and not pipelined:
+            await conn.quit()
+            return False
+        if not pipelined:
+            conn.write([b"DATA"])
+        reply = await conn.reply()
+        if reply.code != 354:
+            if accepted:
+                _settle_all(
+                    attempt, accepted, reply.code, _reply_text(where, reply.code, reply.message)
+                )
+            await conn.quit()
+            return False
         if not accepted:
-            await _quit_quietly(smtp)
+            # RFC 2920 3.1: every RCPT was refused yet DATA was accepted: end the transaction
+            # with an empty message (a lone "."), then leave.
+            await conn.send_message(b".\r\n")
+            await conn.quit()
             return False
         attempt.data_started = True
-        try:
-            reply = await smtp.data(data)
-        except aiosmtplib.SMTPDataError as exc:
-            _settle_all(attempt, accepted, exc.code, _reply_text(where, exc.code, exc.message))
-            await _quit_quietly(smtp)
+        await conn.send_message(wire)
+        reply = await conn.reply()
+        if not _is_success(reply.code):
+            _settle_all(
+                attempt, accepted, reply.code, _reply_text(where, reply.code, reply.message)
+            )
+            await conn.quit()
             return False
         attempt.delivered.extend(accepted)
         attempt.delivered_reply = _reply_text(where, reply.code, reply.message)
@@ -715,7 +732,7 @@ class Relay:
         # connection can carry the next MAIL as it is. Not kept: QUIT now (whatever it does,
         # the message is delivered).
         if self._connection_idle <= 0 or self._loop is None:
-            await _quit_quietly(smtp)
+            await conn.quit()
             return False
         return True
 
@@ -784,13 +801,12 @@ def _settle_all(attempt: _Attempt, recipients: list[str], code: int, detail: str
         target[rcpt] = detail
 
 
-async def _quit_quietly(smtp: aiosmtplib.SMTP, timeout: float | None = None) -> None:
-    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        if timeout is None:
-            await smtp.quit()
-        else:
-            await smtp.quit(timeout=timeout)
-    smtp.close()
+def _error_text(where: str, exc: BaseException) -> str:
+    if isinstance(exc, SmtpReplyError):
+        return _reply_text(where, exc.code, exc.message)
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return _clip(f"{where}: timed out")
+    return _clip(f"{where}: {exc}")
 
 
 def _reply_text(where: str, code: int, message: str) -> str:
@@ -807,11 +823,6 @@ def _summarise(details: Mapping[str, str]) -> str:
     if len(texts) == 1:
         return next(iter(texts))
     return "; ".join(f"<{rcpt}>: {text}" for rcpt, text in details.items())
-
-
-def _wire_size(data: bytes) -> int:
-    size = len(_LINE_ENDING.sub(b"\r\n", data))
-    return size if data.endswith((b"\r\n", b"\n", b"\r")) else size + 2
 
 
 def _retry_clock_start(entry: SpoolEntry) -> datetime:

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
 from tests.fixtures import smtpsink
 from tests.fixtures.smtpsink import SmtpSink, expected_dump
 
 from dsguard.gateway.relay import Downstream, Relay, RetryPolicy
+from dsguard.gateway.smtpclient import SmtpConnection
 from dsguard.gateway.spool import STATES, Spool, SpoolEntry
 
 smtp_sink = smtpsink.smtp_sink
@@ -52,13 +52,13 @@ def spool_is_empty(spool: Spool) -> bool:
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts downstream connections the relay opens."""
     calls: list[int] = []
-    original = aiosmtplib.SMTP.connect
+    original = SmtpConnection.open.__func__  # type: ignore[attr-defined]
 
-    async def counting(self: aiosmtplib.SMTP, *args: Any, **kwargs: Any) -> Any:
+    async def counting(cls: type[SmtpConnection], *args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return await original(self, *args, **kwargs)
+        return await original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(aiosmtplib.SMTP, "connect", counting)
+    monkeypatch.setattr(SmtpConnection, "open", classmethod(counting))
     return calls
 
 
