@@ -44,6 +44,7 @@ RESULTS = frozenset({"pass", "fail", "neutral", "temperror", "permerror", "none"
 
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
 _BYTES_REPR = re.compile(r"""b'([^']*)'""")
 
 # dkimpy logs attacker-triggered problems at ERROR; the reason travels in the result instead.
@@ -141,6 +142,24 @@ def _tags(value: bytes) -> dict[bytes, bytes]:
     return tags
 
 
+def _parse(message: bytes) -> tuple[list[list[bytes]], bytes] | None:
+    """What ``dkimpy.rfc822_parse(message)`` returns (header fields, body with CRLF line
+    ends), for less: dkimpy splits the whole message into lines and joins the body back; here
+    only the header block goes through dkimpy's parser and the body is taken as it is (or with
+    bare LFs made CRLF, which is what its split and join amount to). None when the message
+    opens with an empty line (no header at all), left to dkimpy itself. Raises what dkimpy's
+    parser raises for a malformed header."""
+    if message.startswith((b"\n", b"\r\n")):
+        return None
+    end = _HEADER_END.search(message)
+    # Without an empty line, every line is a header line and the body is empty.
+    head, body = (message[: end.start()], message[end.end() :]) if end else (message, b"")
+    headers, _ = dkimpy.rfc822_parse(head + b"\r\n\r\n")
+    if body.count(b"\n") != body.count(b"\r\n"):
+        body = _LINE_END.sub(b"\r\n", body)
+    return headers, body
+
+
 def _signature_fields(message: bytes) -> list[bytes] | None:
     """Values of the DKIM-Signature fields, topmost first; None if the header is unparsable."""
     end = _HEADER_END.search(message)
@@ -229,10 +248,20 @@ def _verify_one(
 def verify_dkim(
     message: bytes, resolver: Resolver, *, max_signatures: int = MAX_SIGNATURES
 ) -> list[DkimResult]:
-    """Verify up to ``max_signatures`` DKIM-Signature fields; ``[]`` when unsigned. Never raises."""
-    fields = _signature_fields(message)
-    if fields is None:
+    """Verify up to ``max_signatures`` DKIM-Signature fields; ``[]`` when unsigned. Never raises.
+
+    The message is parsed once (:func:`_parse`) and the result handed to dkimpy, which would
+    otherwise parse it again."""
+    try:
+        parsed = _parse(message)
+    except Exception:
         return []  # no parsable header, so no signature we could name
+    if parsed is None:
+        fields = _signature_fields(message)
+        if fields is None:
+            return []
+    else:
+        fields = [bytes(v) for n, v in parsed[0] if bytes(n).lower() == b"dkim-signature"]
     fields = fields[: max(0, max_signatures)]
     if not fields:
         return []
@@ -242,7 +271,12 @@ def verify_dkim(
         why = f"message over {MAX_MESSAGE_BYTES} bytes: not verified"
         return [DkimResult("neutral", d, s, why) for d, s in ids]
     try:
-        verifier = dkimpy.DKIM(message, logger=_log, minkey=MIN_RSA_BITS)
+        if parsed is None:
+            verifier = dkimpy.DKIM(message, logger=_log, minkey=MIN_RSA_BITS)
+        else:
+            # DKIM(None) parses nothing; set_message would have set these two from the parse.
+            verifier = dkimpy.DKIM(None, logger=_log, minkey=MIN_RSA_BITS)
+            verifier.headers, verifier.body = parsed
     except Exception as exc:
         why = _reason(f"message could not be parsed: {type(exc).__name__}")
         return [DkimResult("permerror", d, s, why) for d, s in ids]

@@ -53,6 +53,7 @@ _EDNS_PAYLOAD = 1232  # the DNS Flag Day 2020 size: large TXT (DKIM keys) withou
 CACHE_SIZE = 4096  # answers kept (a few hundred bytes each)
 MAX_TTL = 3600.0  # seconds a positive answer is kept at most (a revoked DKIM key counts too)
 NEGATIVE_TTL = 300.0  # seconds an NXDOMAIN/NODATA is kept at most
+QUESTIONS_KEPT = 4096  # parsed (name, type) questions remembered, see Resolver._question
 
 #: The value of one record: an address or name (A, AAAA, PTR, CNAME, NS), the character
 #: strings of a TXT/SPF record, an MX ``(preference, exchange)``, or the presentation text of
@@ -145,6 +146,10 @@ def _value(rdata: object) -> RecordValue:
     return str(rdata)
 
 
+# (name to send, type to send, the name as asked for owners, cache key)
+_Question = tuple[dns.name.Name, dns.rdatatype.RdataType, str, tuple[bytes, int]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Cached:
     """One answer as :meth:`Resolver.query` builds it, without the caller's spelling of the
@@ -155,7 +160,8 @@ class _Cached:
 
 
 class DnsCache:
-    """A bounded, thread-safe TTL cache of answers, keyed by (name, type).
+    """A bounded, thread-safe TTL cache of answers, keyed by (name, type): the resolver uses
+    the name's wire labels in lower case (DNS names compare case-insensitively, ASCII only).
 
     ``clock`` is monotonic seconds (tests pass their own to expire entries without waiting).
     """
@@ -176,13 +182,13 @@ class DnsCache:
         self.clock = clock
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[dns.name.Name, int], _Cached] = OrderedDict()
+        self._entries: OrderedDict[tuple[object, int], _Cached] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[dns.name.Name, int]) -> _Cached | None:
+    def get(self, key: tuple[object, int]) -> _Cached | None:
         now = self.clock()
         with self._lock:
             entry = self._entries.get(key)
@@ -199,7 +205,7 @@ class DnsCache:
 
     def put(
         self,
-        key: tuple[dns.name.Name, int],
+        key: tuple[object, int],
         records: tuple[tuple[str | None, str, RecordValue], ...],
         ttl: float,
     ) -> None:
@@ -274,6 +280,7 @@ class Resolver:
         resolver.search = []
         resolver.cache = None  # ours below: it keeps the converted records, and caps TTLs
         self._resolver = resolver
+        self._questions: dict[tuple[str, str], _Question] = {}
         # (not "cache or None": an empty DnsCache is falsy)
         self.cache: DnsCache | None = (
             DnsCache() if cache is True else (cache if isinstance(cache, DnsCache) else None)
@@ -304,10 +311,7 @@ class Resolver:
         ``[]`` for NXDOMAIN and NODATA. ``lifetime`` can only shorten the configured one
         (pyspf passes what is left of its overall SPF time budget).
         """
-        qname = _name(name)
-        qtype = _rdtype(rdtype)
-        asked = name.strip().rstrip(".").lower()
-        key = (qname, int(qtype))
+        qname, qtype, asked, key = self._question(name, rdtype)
         cache = self.cache
         if cache is not None:
             hit = cache.get(key)
@@ -363,6 +367,24 @@ class Resolver:
             DnsRecord(asked if owner is None else owner, type_text, value)
             for owner, type_text, value in kept
         ]
+
+    def _question(self, name: str, rdtype: str) -> _Question:
+        """The parsed question for ``name``/``rdtype`` as spelled: the same names recur for
+        every message of a sender (its SPF, DKIM key and DMARC record), and parsing one with
+        dnspython costs more than the cached answer. Remembered by the exact strings, so a
+        spelling always means what it meant the first time; bounded (cleared when full);
+        names that cannot be asked raise each time."""
+        question = self._questions.get((name, rdtype))
+        if question is None:
+            qname = _name(name)
+            qtype = _rdtype(rdtype)
+            asked = name.strip().rstrip(".").lower()
+            key = (b".".join(label.lower() for label in qname.labels), int(qtype))
+            question = (qname, qtype, asked, key)
+            if len(self._questions) >= QUESTIONS_KEPT:
+                self._questions.clear()
+            self._questions[(name, rdtype)] = question
+        return question
 
     def _final(self, name: str, rdtype: str) -> list[RecordValue]:
         """Values of ``rdtype`` for ``name``, at the end of any CNAME chain the server sent
