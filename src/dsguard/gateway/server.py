@@ -12,7 +12,9 @@ listening sockets come from the supervisor, it claims into its own spool slot an
 
 SECURITY: limits per session and per client IP are enforced here (concurrent sessions, whole
 session time, idle time, command count, message size, line length; aiosmtpd itself drops a
-client after five unknown commands and answers 500 to lines over RFC 5321's limits) and AUTH
+client after five unknown commands and answers 500 to lines over RFC 5321's limits, and
+``smtpdata.BlockDataSMTP`` enforces the same size and line limits on DATA with the same
+replies) and AUTH
 failures are throttled per IP. Passwords never reach a log line.
 """
 
@@ -44,6 +46,7 @@ from dsguard.engine import Engine
 from dsguard.errors import ConfigError
 from dsguard.gateway.handler import GatewayHandler, Runtime
 from dsguard.gateway.relay import Relay, RetryPolicy, parse_downstream
+from dsguard.gateway.smtpdata import BlockDataSMTP
 from dsguard.gateway.spool import Spool
 from dsguard.store import repository as repo
 from dsguard.store.db import Store, open_store
@@ -144,8 +147,9 @@ class AuthThrottle:
             self.failures.clear()
 
 
-class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with admission control and a whole-session time limit."""
+class GatewaySMTP(BlockDataSMTP):
+    """aiosmtpd's protocol (its DATA phase read in blocks, same outcome: ``smtpdata``) with
+    admission control and a whole-session time limit."""
 
     def __init__(
         self,
