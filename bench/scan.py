@@ -458,6 +458,8 @@ def clear_caches() -> None:
         if name != "dsguard" and not name.startswith("dsguard."):
             continue
         for value in list(vars(module).values()):
+            if isinstance(value, type):
+                continue  # a class declaring the interface (mail.memo.Memo), not a cache
             if callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
                 value.cache_clear()
 

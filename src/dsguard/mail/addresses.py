@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import getaddresses
-from functools import lru_cache
+
+from dsguard.mail.memo import adaptive_memo
 
 MAX_MAILBOXES = 100
 MAX_FIELD_CHARS = 8192
@@ -104,13 +105,9 @@ def parse_address_field(raw: str) -> AddressField:
 
 # A mailbox's From, To and Cc values recur (the same correspondents, the same distribution
 # lists); the answer is immutable (frozen dataclasses, tuples). Only fields of ordinary length
-# are kept, so hostile multi-kilobyte fields cannot fill memory.
+# are kept, so hostile multi-kilobyte fields cannot fill memory; when most lookups miss (new
+# correspondents) the memo stops storing (mail.memo).
 _CACHED_FIELD_CHARS = 1024
-
-
-@lru_cache(maxsize=4096)
-def _parse_address_field_cached(raw: str) -> AddressField:
-    return _parse_address_field(raw)
 
 
 def _parse_address_field(raw: str) -> AddressField:
@@ -135,6 +132,9 @@ def _parse_address_field(raw: str) -> AddressField:
             if found is not None and domain == found.group(1).lower():
                 return AddressField(raw, (Mailbox(addr, addr, domain),), (domain,), (), ())
     return _parse_address_field_general(raw)
+
+
+_parse_address_field_cached = adaptive_memo(_parse_address_field, 4096)
 
 
 def _parse_address_field_general(raw: str) -> AddressField:

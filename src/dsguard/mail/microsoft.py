@@ -13,7 +13,8 @@ present are Exchange's own; outside that case they are the sender's words.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+
+from dsguard.mail.memo import adaptive_memo
 
 # Exchange Online inbound frontends: worldwide, Germany, GCC High/DoD, 21Vianet.
 _EXO_FRONTEND = re.compile(
@@ -75,8 +76,7 @@ def parse_forefront(value: str) -> dict[str, str]:
 _CACHED_XFAR_CHARS = 2048
 
 
-@lru_cache(maxsize=2048)
-def _parse_forefront_cached(value: str) -> tuple[tuple[str, str], ...]:
+def _parse_forefront_items(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(_parse_forefront(value).items())
 
 
@@ -88,6 +88,10 @@ def _parse_forefront(value: str) -> dict[str, str]:
         if sep and key and key not in out:
             out[key.upper()] = val.strip()
     return out
+
+
+# Adaptive (mail.memo): on mail from new senders the reports differ (CIP, H) and are not kept.
+_parse_forefront_cached = adaptive_memo(_parse_forefront_items, 2048)
 
 
 def compauth_is_intraorg(reason: str | None) -> bool:

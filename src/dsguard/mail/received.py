@@ -14,9 +14,9 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 from dsguard.mail.ipaddr import canonical_ip
+from dsguard.mail.memo import adaptive_memo
 
 _MAX_CHARS = 4096
 _MAX_DEPTH = 8
@@ -54,11 +54,13 @@ class ReceivedHop:
     date: str | None
 
 
-@lru_cache(maxsize=4096)
-def _valid_ip(text: str) -> str | None:
-    # Cached: the same relay and client addresses recur across a mailbox, and ipaddress
-    # parsing costs microseconds.
+def _parse_valid_ip(text: str) -> str | None:
     return canonical_ip(text.strip())
+
+
+# Memoised: the same relay and client addresses recur across a mailbox, and ipaddress
+# parsing costs microseconds; adaptive, since on mail from new senders they do not (mail.memo).
+_valid_ip = adaptive_memo(_parse_valid_ip, 4096)
 
 
 _TOKEN = re.compile(r"[()]|[^\s()]+")
@@ -175,7 +177,7 @@ def _clauses_flat(text: str) -> dict[str, tuple[str, list[str]]] | None:
 
 def parse_received(value: str, index: int) -> ReceivedHop:
     text, date = _cut_date(value)
-    facts = _hop_facts(text) if len(text) <= _CACHED_CHARS else _hop_facts.__wrapped__(text)
+    facts = _hop_facts(text) if len(text) <= _CACHED_CHARS else _parse_hop_facts(text)
     return ReceivedHop(index, value, *facts, date)
 
 
@@ -184,16 +186,16 @@ _HopFacts = tuple[
 ]
 
 
-# Cached on the line without its date: a mailbox holds the same hops again and again (a
+# Memoised on the line without its date: a mailbox holds the same hops again and again (a
 # tenant's frontend and mailbox servers, "with Microsoft SMTP Server ... id 15.20.x" --
 # Exchange's id is its build number), and a parse costs several microseconds. Lines with
-# per-message queue ids just miss. The answer is a tuple of immutable values. Only lines of
-# ordinary length are kept (keys of at most 2 M characters).
+# per-message queue ids just miss, and when most do the memo stops storing (mail.memo). The
+# answer is a tuple of immutable values. Only lines of ordinary length are kept (keys of at
+# most 2 M characters).
 _CACHED_CHARS = 1024
 
 
-@lru_cache(maxsize=2048)
-def _hop_facts(text: str) -> _HopFacts:
+def _parse_hop_facts(text: str) -> _HopFacts:
     """ReceivedHop's fields from from_name to tls, for a line cut by _cut_date."""
     clauses = _clauses_flat(text)
     if clauses is None:
@@ -263,3 +265,6 @@ def _hop_facts(text: str) -> _HopFacts:
         authenticated,
         tls,
     )
+
+
+_hop_facts = adaptive_memo(_parse_hop_facts, 2048)
