@@ -30,11 +30,12 @@ resolver. A hostile zone can only choose how long its own answers are kept, with
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dns.exception
@@ -67,6 +68,18 @@ class DnsTempError(DsguardError):
 
 class DnsPermError(DsguardError):
     """The question cannot be asked at all (malformed name, unknown record type)."""
+
+
+class CacheProbe:
+    """What :meth:`Resolver.cache_only` saw: ``missed`` once a lookup was not in the cache."""
+
+    __slots__ = ("missed",)
+
+    def __init__(self) -> None:
+        self.missed = False
+
+
+_cache_only = threading.local()  # .probe: the CacheProbe of this thread's cache_only() block
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +333,10 @@ class Resolver:
                     DnsRecord(asked if owner is None else owner, type_text, value)
                     for owner, type_text, value in hit.records
                 ]
+        probe: CacheProbe | None = getattr(_cache_only, "probe", None)
+        if probe is not None:
+            probe.missed = True
+            raise DnsTempError(f"{_plain(qname)} {rdtype}: not in the cache (cache-only lookup)")
         budget = self.lifetime if lifetime is None else max(0.05, min(lifetime, self.lifetime))
         try:
             answer = self._resolver.resolve(
@@ -367,6 +384,21 @@ class Resolver:
             DnsRecord(asked if owner is None else owner, type_text, value)
             for owner, type_text, value in kept
         ]
+
+    @staticmethod
+    @contextlib.contextmanager
+    def cache_only() -> Iterator[CacheProbe]:
+        """Within this block, lookups made by this thread are answered from the cache only: a
+        miss sends nothing, raises :class:`DnsTempError` and sets the probe's ``missed``. The
+        milter uses it to run an analysis on its event loop when every answer is cached (and
+        throws the result away to run it again in a thread when one was not)."""
+        outer = getattr(_cache_only, "probe", None)
+        probe = CacheProbe()
+        _cache_only.probe = probe
+        try:
+            yield probe
+        finally:
+            _cache_only.probe = outer
 
     def _question(self, name: str, rdtype: str) -> _Question:
         """The parsed question for ``name``/``rdtype`` as spelled: the same names recur for

@@ -8,7 +8,8 @@ From, and in a message that was cut at a size limit a DKIM body hash cannot veri
 P2 is recorded (an audit note), never enforced -- enforcing it would refuse legitimate
 DKIM-signed mail. The caller maps the result to its own protocol (SMTP reply or milter action).
 
-Synchronous on purpose (DNS, DKIM and the engine block): callers use ``asyncio.to_thread``.
+Synchronous on purpose (DNS, DKIM and the engine block): callers use a thread, or (the milter)
+run it on the event loop only with every DNS answer cached and no attachment to decode.
 """
 
 from __future__ import annotations
@@ -69,9 +70,44 @@ def judge_message(
 ) -> Judgement:
     """Judge ``raw`` (received from ``env``); ``truncated``: only the first bytes were kept
     (``size`` is the full size), which the verdict reports as LIMIT_MESSAGE_SIZE."""
+    judged = _judge(engine, resolver, config, env, raw, truncated, size, attachments=True)
+    assert judged is not None
+    return judged
+
+
+def judge_without_attachments(
+    engine: Engine,
+    resolver: Resolver | None,
+    config: Config,
+    env: Envelope,
+    raw: bytes,
+    *,
+    truncated: bool = False,
+    size: int | None = None,
+) -> Judgement | None:
+    """:func:`judge_message`, or None (judging nothing) when the message has attachments:
+    the engine decodes those (PDF, images) in a child process, which blocks. The milter judges
+    mail without them on its event loop (with DNS answered from the cache only) and the rest
+    in a thread."""
+    return _judge(engine, resolver, config, env, raw, truncated, size, attachments=False)
+
+
+def _judge(
+    engine: Engine,
+    resolver: Resolver | None,
+    config: Config,
+    env: Envelope,
+    raw: bytes,
+    truncated: bool,
+    size: int | None,
+    *,
+    attachments: bool,
+) -> Judgement | None:
     authserv_id = config.gateway.hostname
     cleaned = strip_our_headers(raw, authserv_id, config.gateway.header_prefix)
     msg = ParsedMessage(cleaned, config.limits, truncated=truncated, size=size)
+    if not attachments and msg.body.attachments:
+        return None
     header_from = first_from(msg)
     auth: AuthSummary = AuthSummary(source="none")
     ar_value: str | None = None

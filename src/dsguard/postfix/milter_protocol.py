@@ -26,11 +26,12 @@ Sources of the constants (the values are the protocol; they are the same in both
 
 SECURITY: the peer is the local MTA, but header, body and envelope bytes come from SMTP
 clients. Packet lengths are checked as soon as their 4-byte prefix is in, before the packet
-is accepted (at most ``MAX_PACKET_BYTES``; zero is malformed), strings must be NUL-terminated inside their packet, counts of strings and
-macros are capped, and every decoder returns :class:`Malformed` (naming the problem) instead
-of raising; the caller then closes that one connection, and the MTA applies its
-``milter_default_action``. Reply text we send is checked against Postfix's own reply syntax
-and stripped of CR/LF/NUL, so message data cannot inject SMTP lines.
+is accepted (at most ``MAX_PACKET_BYTES``; zero is malformed), strings must be
+NUL-terminated inside their packet, counts of strings and macros are capped, and every
+decoder returns :class:`Malformed` (naming the problem) instead of raising; the caller then
+closes that one connection, and the MTA applies its ``milter_default_action``. Reply text we
+send is checked against Postfix's own reply syntax and stripped of CR/LF/NUL, so message data
+cannot inject SMTP lines.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ never kept, the cache is bounded and safe for threads."""
 from __future__ import annotations
 
 import threading
+import time
 
 import dns.name
 import pytest
@@ -230,3 +231,32 @@ def test_cache_put_and_get_directly() -> None:
     assert cache.get(key) is None
     with pytest.raises(ValueError, match="at least 1"):
         DnsCache(0)
+
+
+def test_cache_only_answers_hits_and_refuses_misses_without_asking() -> None:
+    resolver = Resolver(["127.0.0.1:9"], timeout=2.0, lifetime=2.0)  # nothing listens there
+    assert resolver.cache is not None
+    resolver.cache.put((b"a.example.", 16), ((None, "TXT", (b"v=spf1 -all",)),), 100)
+    with Resolver.cache_only() as probe:
+        assert resolver.txt("A.Example.") == ["v=spf1 -all"]
+        assert not probe.missed
+        started = time.monotonic()
+        with pytest.raises(DnsTempError, match="not in the cache"):
+            resolver.txt("b.example")
+        assert time.monotonic() - started < 0.5  # refused at once, not a timeout
+        assert probe.missed
+    # Outside the block (and in other threads) lookups go to the server again.
+    outside: list[str] = []
+
+    def lookup() -> None:
+        with Resolver.cache_only() as other:
+            assert not other.missed
+        try:
+            resolver.query("c.example", "TXT", lifetime=0.05)
+        except DnsTempError as exc:
+            outside.append(str(exc))
+
+    thread = threading.Thread(target=lookup)
+    thread.start()
+    thread.join()
+    assert outside and "not in the cache" not in outside[0]

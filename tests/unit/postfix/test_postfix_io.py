@@ -8,10 +8,12 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from dsguard.auth.resolver import DnsTempError, Resolver
 from dsguard.config import Config, load_config
 from dsguard.postfix import milter
 from dsguard.postfix import milter_protocol as mp
@@ -193,6 +195,8 @@ def test_milter_progress_while_the_analysis_runs(monkeypatch: pytest.MonkeyPatch
         raise RuntimeError("slow and broken")
 
     monkeypatch.setattr(milter, "judge_message", slow_judge)
+    # as if the message had an attachment: the analysis goes to a thread
+    monkeypatch.setattr(milter, "judge_without_attachments", lambda *_a, **_k: None)
 
     async def run() -> bytes:
         server = milter.MilterServer(_config(), None)
@@ -217,6 +221,71 @@ def test_milter_progress_while_the_analysis_runs(monkeypatch: pytest.MonkeyPatch
     seen = asyncio.run(run())
     # progress while it ran, then the answer to an internal fault: tempfail
     assert seen.startswith(b"pp") and seen.lstrip(b"p").startswith(b"y451 ")
+
+
+def _one_message(server: milter.MilterServer) -> list[tuple[bytes, bytes]]:
+    """One transaction over a real connection: every reply after the end of message."""
+
+    async def run() -> list[tuple[bytes, bytes]]:
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
+            await _reply(reader)
+            writer.write(_packet(b"M", b"<news@example.org>\0") + _packet(b"R", b"<joe@contoso.com>\0"))
+            assert await _reply(reader) == (b"c", b"")
+            writer.write(_packet(b"L", b"From\0 news@example.org\0") + _packet(b"B", b"hi\r\n") + _packet(b"E"))
+            replies = []
+            while not replies or replies[-1][0] not in (b"a", b"y"):
+                replies.append(await _reply(reader))
+            writer.close()
+            return replies
+        finally:
+            await server.stop()
+
+    return asyncio.run(run())
+
+
+def test_the_analysis_runs_on_the_loop_when_nothing_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real = milter.judge_without_attachments
+
+    def inline(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    def in_thread(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("not expected in a thread")
+
+    monkeypatch.setattr(milter, "judge_without_attachments", inline)
+    monkeypatch.setattr(milter, "judge_message", in_thread)
+    replies = _one_message(milter.MilterServer(_config(), None))
+    assert threads == ["MainThread"]
+    assert replies[-1] == (b"a", b"")
+    assert any(command == b"i" and b"X-Dsguard-Verdict" in data for command, data in replies)
+
+
+def test_a_dns_answer_not_in_the_cache_sends_the_analysis_to_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[str] = []
+    resolver = Resolver(["127.0.0.1:9"], timeout=0.05, lifetime=0.05)  # nothing listens
+
+    def inline(*_args: object, **_kwargs: object) -> object:
+        threads.append("inline")
+        with pytest.raises(DnsTempError, match="not in the cache"):
+            resolver.txt("example.org")  # as SPF would: a miss, nothing sent
+        return None
+
+    def in_thread(*_args: object, **_kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        raise RuntimeError("judged in a thread, and broken")
+
+    monkeypatch.setattr(milter, "judge_without_attachments", inline)
+    monkeypatch.setattr(milter, "judge_message", in_thread)
+    replies = _one_message(milter.MilterServer(_config(), None))
+    assert threads[0] == "inline" and threads[1].startswith("dsguard-analyst-")
+    assert replies == [(b"y", b"451 4.3.0 Temporary local problem, please try again later\0")]
 
 
 async def _reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
