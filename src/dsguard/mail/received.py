@@ -232,22 +232,25 @@ def _parse_hop_facts(text: str) -> _HopFacts:
             from_name = helo.group(1)
         if from_rdns and from_rdns in ("unknown", ""):
             from_rdns = None
-    all_comments = " ".join([" ".join(c) for _, c in clauses.values()])
-    # "sender:" matches only after "r" or "R" (no other character case-folds to r); IPv6
-    # addresses put ":" in most comments, so testing for ":" alone rarely saved the search.
-    m = (
-        _AUTH_SENDER.search(all_comments)
-        if "r:" in all_comments or "R:" in all_comments
-        else None
-    )
-    if m:
-        auth_user = m.group(1)
     with_proto = clauses["with"][0] if "with" in clauses else None
     proto = (with_proto or "").upper()
+    tls = proto in {"ESMTPS", "ESMTPSA", "LMTPS", "LMTPSA"}
+    # "sender:" matches only after "r" or "R" (no other character case-folds to r); IPv6
+    # addresses put ":" in most comments, so testing for ":" alone rarely saved the search.
+    # The comments are words of ``text`` joined by spaces, so what they contain ("r:", "TLS")
+    # is in ``text`` too: most lines need neither search, nor the comments joined for it.
+    auth_hint = "r:" in text or "R:" in text
+    if auth_hint or (not tls and "TLS" in text):
+        all_comments = " ".join([" ".join(c) for _, c in clauses.values()])
+        m = (
+            _AUTH_SENDER.search(all_comments)
+            if auth_hint and ("r:" in all_comments or "R:" in all_comments)
+            else None
+        )
+        if m:
+            auth_user = m.group(1)
+        tls = tls or bool("TLS" in all_comments and _TLS_COMMENT.search(all_comments))
     authenticated = auth_user is not None or proto in {"ESMTPA", "ESMTPSA", "LMTPA", "LMTPSA"}
-    tls = proto in {"ESMTPS", "ESMTPSA", "LMTPS", "LMTPSA"} or bool(
-        "TLS" in all_comments and _TLS_COMMENT.search(all_comments)
-    )
     for_addr = None
     if "for" in clauses and clauses["for"][0]:
         fm = _FOR_ADDR.match(clauses["for"][0])
