@@ -267,6 +267,9 @@ class Relay:
         # the SMTP sessions, whose spool writes hold its threads for an fsync each, and a
         # claim or settle queued behind them keeps a delivery slot idle.
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # Delivered entries retired on the loop, waiting for their group commit.
+        self._retired: list[str | None] = []
+        self._committer: asyncio.Future[None] | None = None
 
     # -- public ----------------------------------------------------------------------------
 
@@ -340,6 +343,10 @@ class Relay:
                 wake_task.cancel()
             await self._drain(inflight)
             await self._close_idle()
+            if self._committer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._committer)
+                self._committer = None
             if self._executor is not None:
                 self._executor.shutdown(wait=False)  # idle by now; a later call makes a new one
                 self._executor = None
@@ -380,6 +387,14 @@ class Relay:
 
     async def _record_outcome(self, entry: SpoolEntry, attempt: _Attempt) -> str:
         """Settle an attempt in the spool (in a thread; not cut short by cancellation)."""
+        if (
+            entry.rcpt_to
+            and not attempt.temporary
+            and not attempt.permanent
+            and self._loop is not None
+            and all(r in attempt.delivered for r in entry.rcpt_to)
+        ):
+            return self._retire_delivered(entry, attempt)
         settling = asyncio.ensure_future(
             self._in_thread(self._settle, entry, attempt, datetime.now(UTC))
         )
@@ -398,6 +413,38 @@ class Relay:
         if DEFERRED in outcomes or not outcomes:
             return DEFERRED
         return FAILED if FAILED in outcomes else DELIVERED
+
+    def _retire_delivered(self, entry: SpoolEntry, attempt: _Attempt) -> str:
+        """Every recipient has it: ``Spool.retire`` here on the loop (a rename and a truncate,
+        no disk wait) and the fsync of active/ in the background, one for all the entries
+        retired meanwhile (``_commit_retired``). The slot is free at once instead of after a
+        thread hop and an fsync: a delivery slot waiting on the disk is what made the relay
+        fall behind the SMTP side. A crash before that fsync delivers the message again after
+        recover(), as with ``Spool.done`` (RFC 5321 6.1: duplicates rather than loss)."""
+        try:
+            name = self._spool.retire(entry)
+        except Exception as exc:
+            # Whatever is still in active/ goes back to new/ at the next recover(): never lost.
+            log.error("relay: cannot record the outcome for %s in the spool: %s", entry.id, exc)
+            self._report(entry, DEFERRED, _clip(f"spool error: {exc}"))
+            return DEFERRED
+        self._retired.append(name)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_retired())
+        self._report(entry, DELIVERED, attempt.delivered_reply)
+        return DELIVERED
+
+    async def _commit_retired(self) -> None:
+        """Group commit of ``_retire_delivered``: fsync active/ for everything retired so far,
+        then again for what came meanwhile, until nothing is left."""
+        while self._retired:
+            names, self._retired = self._retired, []
+            try:
+                await self._in_thread(self._spool.commit_retired, names)
+            except Exception as exc:
+                # The removals are not known durable; their files are not reused (a crash can
+                # only bring the delivered entries back for a second delivery).
+                log.error("relay: cannot sync the spool after deliveries: %s", exc)
 
     # -- loop helpers ----------------------------------------------------------------------
 
@@ -423,29 +470,30 @@ class Relay:
         spool = self._spool
         now = datetime.now(UTC)
 
+        # Entries handed over by submit() are claimed here on the loop: one rename and a stat
+        # each, no disk wait (nothing is fsync'd), cheaper than a trip to a thread.
+        fresh: list[_Claimed] = []
+        for entry, data in submitted:
+            try:
+                got = spool.claim_fresh(entry)
+            except Exception:
+                # Still in new/ (or in active/ for recover()): never lost; a scan finds it.
+                log.exception("relay: cannot claim %s from the spool", entry.id)
+                continue
+            if got is not None:
+                fresh.append((got, data if got is entry else None))
+        if not scan:
+            return fresh
+
         def claim() -> tuple[list[_Claimed], int]:
-            out: list[_Claimed] = []
-            for entry, data in submitted:
-                try:
-                    got = spool.claim_fresh(entry)
-                except Exception:
-                    # Still in new/ (or in active/ for recover()): never lost; a scan finds it.
-                    log.exception("relay: cannot claim %s from the spool", entry.id)
-                    continue
-                if got is not None:
-                    out.append((got, data if got is entry else None))
-            scanned = 0
-            if scan:
-                try:
-                    found = spool.claim_due(now, room)
-                except Exception:
-                    # A broken spool must not end the relay loop; the next poll tries again.
-                    # (What was claimed by id above is delivered all the same.)
-                    log.exception("relay: cannot claim from the spool")
-                    return out, -1
-                scanned = len(found)
-                out.extend((entry, None) for entry in found)
-            return out, scanned
+            try:
+                found = spool.claim_due(now, room)
+            except Exception:
+                # A broken spool must not end the relay loop; the next poll tries again.
+                # (What was claimed by id above is delivered all the same.)
+                log.exception("relay: cannot claim from the spool")
+                return [], -1
+            return [(entry, None) for entry in found], len(found)
 
         claiming = asyncio.ensure_future(self._in_thread(claim))
         try:
@@ -453,17 +501,18 @@ class Relay:
         except asyncio.CancelledError:
             # Entries claimed by the thread meanwhile would sit in active/ until recover():
             # hand them back, due at once.
+            late: list[_Claimed] = []
             with contextlib.suppress(Exception):
-                got, _n = await claiming
-                for entry, _data in got:
-                    with contextlib.suppress(Exception):
-                        self._spool.defer(entry, "claimed during shutdown", datetime.now(UTC))
+                late, _n = await claiming
+            for entry, _data in (*fresh, *late):
+                with contextlib.suppress(Exception):
+                    self._spool.defer(entry, "claimed during shutdown", datetime.now(UTC))
             raise
         except Exception:
             # A broken spool must not end the relay loop; the next poll tries again.
             log.exception("relay: cannot claim from the spool")
             self._next_scan = time.monotonic() + self._poll_interval
-            return []
+            return fresh
         if scanned < 0:
             self._next_scan = time.monotonic() + self._poll_interval
         elif scan:
@@ -473,7 +522,7 @@ class Relay:
                 self._next_scan = time.monotonic() + self._poll_interval
             else:
                 self._next_scan = 0.0  # more may be waiting: scan again when a slot is free
-        return claimed
+        return fresh + claimed
 
     def _scan_wanted(self) -> bool:
         if self._backlog or time.monotonic() >= self._next_scan:

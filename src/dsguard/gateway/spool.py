@@ -40,7 +40,10 @@ name is durable once its directory has been fsync'd.
   there and fsyncs active/; the next enqueue reuses that file (its inode: allocating one costs
   ext4 a scan past every recently deleted inode) instead of creating one. Without a usable
   tmp/ it unlinks. A crash before the fsync delivers the message again after recover():
-  delivery is at-least-once, like SMTP itself (RFC 5321 6.1).
+  delivery is at-least-once, like SMTP itself (RFC 5321 6.1). ``retire`` +
+  ``commit_retired`` are ``done`` in two halves (the relay runs the first on its event loop and
+  group-commits the second in the background); a retired file is offered for reuse only after
+  that fsync, so no file is rewritten while its old name in active/ could come back.
 - Directory fsyncs are group commits (``_DirSync``): a caller returns once an fsync of the
   directory that started after its own rename/unlink has completed, so concurrent enqueues
   share one fsync of new/ instead of queueing one each.
@@ -115,7 +118,10 @@ _DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
 _COPY_CHUNK: Final = 1 << 20
 _MAX_FRESH: Final = 100_000
-_MAX_FREE: Final = 256
+# Emptied files kept for reuse: after a backlog drains, files kept here spare the next burst
+# an inode allocation each (and unlinking them would make later allocations slower still:
+# ext4 skips recently deleted inodes). An empty file costs one inode and no blocks.
+_MAX_FREE: Final = 8192
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _OPEN_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
 _OPEN_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
@@ -299,6 +305,15 @@ class Spool:
 
     def done(self, entry: SpoolEntry) -> None:
         """Delivered: remove the entry (from active/) and make the removal durable."""
+        self.commit_retired([self.retire(entry)])
+
+    def retire(self, entry: SpoolEntry) -> str | None:
+        """``done`` without its directory fsync (a rename and an emptying truncate, no wait
+        for the disk: the relay calls it on its event loop): moves active/<id> out to tmp/
+        (or unlinks it) and returns the name in tmp/, or None. The removal is durable, and
+        the file reusable by enqueue, only after ``commit_retired`` with that name (a crash
+        before it delivers the message again after recover(), as a crash before done's
+        fsync does)."""
         path = self._path("active", _check_id(entry.id))
         recycled = None
         with self._lock:
@@ -324,12 +339,21 @@ class Spool:
                         os.close(fd)
                 except OSError:
                     _unlink_quietly(target)
-                else:
-                    with self._lock:
-                        self._free.append(recycled)
+                    recycled = None
+                    return None
         if recycled is None:
             os.unlink(path)
-        self._dir_sync.sync(path.parent)
+        return recycled
+
+    def commit_retired(self, names: Iterable[str | None]) -> None:
+        """Make the removals of ``retire`` durable (one group-committed fsync of active/ for
+        all of them) and only then offer their files to enqueue: a file is never rewritten
+        while its old name in active/ could come back after a crash."""
+        self._dir_sync.sync(self._active)
+        reusable = [name for name in names if name is not None]
+        if reusable:
+            with self._lock:
+                self._free.extend(reusable)
 
     def defer(
         self,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from tests.fixtures import smtpsink
 from tests.fixtures.smtpsink import SmtpSink, expected_dump
 
@@ -213,3 +215,60 @@ def test_interrupted_after_the_downstream_took_it_is_not_sent_again(tmp_path: Pa
 
         assert spool_is_empty(spool)
         assert [e[1] for e in events] == ["delivered"]
+
+
+def _submit_and_run(spool: Spool, relay: Relay, count: int) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        for n in range(count):
+            data = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
+            entry = await asyncio.to_thread(
+                spool.enqueue, data, "a@contoso.com", [f"u{n}@contoso.com"], {}
+            )
+            relay.submit(entry, data)
+        while not spool_is_empty(spool):
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_delivered_entries_are_committed_before_run_returns(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """The relay retires delivered entries on its loop and group-commits the fsync of active/
+    in the background; by the time run() returns every removal is committed and every file
+    is parked for reuse."""
+    spool = Spool(tmp_path / "spool")
+    events, on_result = recorder()
+    relay = Relay(spool, downstream(smtp_sink), FAST, concurrency=4, helo=HELO, on_result=on_result)
+
+    _submit_and_run(spool, relay, 30)
+
+    assert [e[1] for e in events] == ["delivered"] * 30
+    assert len(smtp_sink.wait_for(30)) == 30
+    parked = os.listdir(tmp_path / "spool" / "tmp")
+    # Every parked file was committed, then offered for reuse (the later enqueues reused some).
+    assert parked and sorted(parked) == sorted(spool._free)
+    assert all(os.path.getsize(tmp_path / "spool" / "tmp" / p) == 0 for p in parked)
+
+
+def test_a_failed_commit_after_delivery_loses_nothing_and_reuses_nothing(
+    tmp_path: Path, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+
+    def broken(names: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(spool, "commit_retired", broken)
+    events, on_result = recorder()
+    relay = Relay(spool, downstream(smtp_sink), FAST, concurrency=2, helo=HELO, on_result=on_result)
+
+    _submit_and_run(spool, relay, 5)
+
+    assert [e[1] for e in events] == ["delivered"] * 5
+    assert len(smtp_sink.wait_for(5)) == 5
+    assert spool._free == []  # not known durable: never rewritten

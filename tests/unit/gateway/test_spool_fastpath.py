@@ -76,6 +76,32 @@ def test_delivered_files_are_emptied_and_their_inodes_reused(tmp_path: Path) -> 
     assert [e.id for e in spool.list("new")] == [second.id]
 
 
+def test_a_retired_file_is_reused_only_after_its_removal_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    first = enqueue(spool, b"x" * 5000)
+    inode = os.stat(tmp_path / "new" / first.id).st_ino
+    claimed = spool.claim_fresh(first)
+    assert claimed is not None
+    synced: list[str] = []
+    real_fsync_dir = spool_module._fsync_dir
+    monkeypatch.setattr(
+        spool_module, "_fsync_dir", lambda p: (synced.append(str(p)), real_fsync_dir(p))[1]
+    )
+    name = spool.retire(claimed)  # no fsync yet
+    assert name is not None and synced == []
+    assert os.listdir(tmp_path / "active") == []
+    assert os.path.getsize(tmp_path / "tmp" / name) == 0
+    second = enqueue(spool)  # the retired file is not offered yet: a new inode
+    assert os.stat(tmp_path / "new" / second.id).st_ino != inode
+    spool.commit_retired([name])
+    assert str(tmp_path / "active") in synced
+    third = enqueue(spool)
+    assert os.stat(tmp_path / "new" / third.id).st_ino == inode
+    assert spool.read(third) == MESSAGE
+
+
 def test_recover_deletes_parked_files(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     entry = enqueue(spool)
