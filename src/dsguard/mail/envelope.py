@@ -25,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
@@ -216,7 +216,11 @@ def _exo_boundary(hops: _LazyHops) -> tuple[ReceivedHop | None, bool]:
     return None, bool(hops)
 
 
-def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
+def analyse_hops(
+    msg: ParsedMessage, trust: Trust, *, country_of: Callable[[str], str | None] | None = None
+) -> HopAnalysis:
+    """The trusted hop and the envelope rebuilt from it. ``country_of``, when given, fills
+    the envelope's country from the client IP where the receiver's stamps name none."""
     fields = _find_fields(msg)
     hops = _LazyHops(fields.received)
     is_internal = _internal_for(tuple(trust.internal_networks))
@@ -308,7 +312,7 @@ def analyse_hops(msg: ParsedMessage, trust: Trust) -> HopAnalysis:
             break
 
     exo, forged = _exo_stamps(msg, profile, boundary, fields.first_org_stamp)
-    envelope = _build_envelope(msg, profile, boundary, trusted, received_spf, exo)
+    envelope = _build_envelope(msg, profile, boundary, trusted, received_spf, exo, country_of)
     return HopAnalysis(
         envelope=envelope,
         profile=profile,
@@ -382,6 +386,7 @@ def _build_envelope(
     trusted: list[AuthResultsHeader],
     received_spf: tuple[str | None, dict[str, str]] | None,
     exo: ExoStamps | None,
+    country_of: Callable[[str], str | None] | None,
 ) -> Envelope:
     evidence: list[str] = []
     if profile == "none" or (boundary is None and profile != "microsoft365-internal"):
@@ -461,6 +466,9 @@ def _build_envelope(
                     rcpts.append(addr)
     if not rcpts:
         rcpts.extend(msg.recipients)
+    country = (exo.forefront.get("CTRY") or None) if exo else None
+    if country is None and client_ip and country_of is not None:
+        country = country_of(client_ip)
     return Envelope(
         origin=origin,
         client_ip=client_ip,
@@ -469,7 +477,7 @@ def _build_envelope(
         mail_from=mail_from,
         rcpt_to=tuple(dict.fromkeys(rcpts)),
         auth_user=auth_user,
-        country=(exo.forefront.get("CTRY") or None) if exo else None,
+        country=country,
         receiver=receiver,
         stamped_auth_as=exo.auth_as if exo else None,
         stamped_connector=None,
