@@ -6,8 +6,53 @@ out, and values can be passed between processes (``--jobs``) by pickling.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, TypeVar
+
+_C = TypeVar("_C", bound=type)
+_FACTORY: Any = object()  # stands for "call the field's default_factory"
+
+
+def quick_init(cls: _C) -> _C:
+    """Give a frozen, slotted dataclass an ``__init__`` with the same signature and effect
+    that stores the fields faster.
+
+    A frozen dataclass's generated ``__init__`` stores each field through
+    ``object.__setattr__``, looked up anew for every field (about 70 ns a field); this one
+    calls each slot's own setter (about 25 ns). A scan builds some 150 fields of these types
+    per message. Defaults and default factories behave as in the generated one; a class the
+    generated code would treat differently (``__post_init__``, fields outside ``__init__``
+    or keyword-only) is refused.
+    """
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: not a slotted dataclass")
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or any(not f.init or f.kw_only for f in fields):
+        raise TypeError(f"{cls.__name__}: __init__ has more to do than store the fields")
+    namespace: dict[str, Any] = {"_FACTORY": _FACTORY}
+    params: list[str] = []
+    body: list[str] = []
+    for i, f in enumerate(fields):
+        namespace[f"_set{i}"] = cls.__dict__[f.name].__set__
+        if f.default is not dataclasses.MISSING:
+            namespace[f"_default{i}"] = f.default
+            params.append(f"{f.name}=_default{i}")
+        elif f.default_factory is not dataclasses.MISSING:
+            namespace[f"_factory{i}"] = f.default_factory
+            params.append(f"{f.name}=_FACTORY")
+            body.append(f"    if {f.name} is _FACTORY:\n        {f.name} = _factory{i}()")
+        else:
+            params.append(f.name)
+        body.append(f"    _set{i}(self, {f.name})")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"])
+    exec(source, namespace)  # noqa: S102 -- built from the class's own field names
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
 
 
 class Level(StrEnum):
@@ -43,6 +88,7 @@ class EnvelopeOrigin(StrEnum):
     NONE = "none"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TlsInfo:
     version: str | None = None
@@ -52,6 +98,7 @@ class TlsInfo:
     verified_peer_names: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What the transport knows about one message (RFC 5321 envelope plus connection facts).
@@ -83,6 +130,7 @@ class AttributionKind(StrEnum):
     ANONYMOUS = "anonymous"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Attribution:
     """Who the sender is to the organisation (Microsoft: "attributed to a connector")."""
@@ -101,6 +149,7 @@ class Attribution:
         return f"{self.kind.value}:{self.name}" if self.name else self.kind.value
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One named observation. ``id`` is stable once released (see docs/findings.md)."""
@@ -111,6 +160,7 @@ class Finding:
     evidence: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Iocs:
     """Indicators extracted from one message, deduplicated, in first-seen order."""
@@ -129,6 +179,7 @@ class RdsOutcome(StrEnum):
     WOULD_REJECT = "would_reject"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RdsDecision:
     """The hard pre-result of the Reject Direct Send rule for one stage (P1 or P2)."""
@@ -144,6 +195,7 @@ class RdsDecision:
         return self.outcome is RdsOutcome.WOULD_REJECT
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     level: Level
@@ -159,6 +211,7 @@ class Verdict:
         return tuple(f.id for f in self.findings)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageSummary:
     """The few header values a report shows for a message (decoded, display-safe)."""
@@ -171,6 +224,7 @@ class MessageSummary:
     date: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ScanResult:
     """One message (or one unreadable input) of a ``dsguard scan`` run."""

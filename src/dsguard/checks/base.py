@@ -18,7 +18,7 @@ from dsguard.config import Config
 from dsguard.mail.addresses import AddressField, Mailbox, domain_of
 from dsguard.mail.envelope import HopAnalysis
 from dsguard.mail.message import Attachment, ParsedMessage, lazy_attribute
-from dsguard.model import Attribution, AttributionKind, Envelope
+from dsguard.model import Attribution, AttributionKind, Envelope, quick_init
 from dsguard.policy.domains import AcceptedDomains
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ _PDF_TYPES = frozenset({"application/pdf", "application/x-pdf"})
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class QrResult:
     attachment: Attachment
@@ -47,6 +48,7 @@ class QrResult:
     scan: QrScan
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Links:
     urls: tuple[str, ...]

@@ -19,6 +19,7 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 from dsguard.mail.memo import adaptive_memo
+from dsguard.model import quick_init
 
 MAX_MAILBOXES = 100
 MAX_FIELD_CHARS = 8192
@@ -36,6 +37,7 @@ _QUOTED_STRING = re.compile(r'"(?:[^"\\]|\\.){0,500}"')
 _ANGLE_PATH = re.compile(r"<([^<>]{0,512})>")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Mailbox:
     display: str
@@ -43,6 +45,7 @@ class Mailbox:
     domain: str  # lower-case, no trailing dot; "" when the address has no domain
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AddressField:
     raw: str

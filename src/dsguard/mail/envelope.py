@@ -38,7 +38,7 @@ from dsguard.mail.ipaddr import parse_ip
 from dsguard.mail.message import ParsedMessage
 from dsguard.mail.microsoft import is_exo_frontend, is_exo_internal, parse_forefront
 from dsguard.mail.received import ReceivedHop, parse_received
-from dsguard.model import Envelope, EnvelopeOrigin
+from dsguard.model import Envelope, EnvelopeOrigin, quick_init
 from dsguard.policy.domains import org_domain
 
 MAX_HOPS = 100
@@ -73,6 +73,7 @@ _ALWAYS_INTERNAL = tuple(
 )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ExoStamps:
     auth_as: str | None = None
@@ -84,6 +85,7 @@ class ExoStamps:
     forefront: dict[str, str] = field(default_factory=dict)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class HopAnalysis:
     envelope: Envelope

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dsguard.mail.ipaddr import canonical_ip
 from dsguard.mail.memo import adaptive_memo
+from dsguard.model import quick_init
 
 _MAX_CHARS = 4096
 _MAX_DEPTH = 8
@@ -38,6 +39,7 @@ _AUTH_SENDER = re.compile(r"Authenticated sender:\s*([^\s)]+)", re.IGNORECASE)
 _FOR_ADDR = re.compile(r"<?([^<>\s;]+@[^<>\s;]+)>?")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ReceivedHop:
     index: int  # position among the message's header fields (0 = topmost)
