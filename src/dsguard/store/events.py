@@ -10,16 +10,18 @@ p99 of every reply). Events are an audit trail, not mail: when the database cann
 queue bounds memory and the overflow is counted and logged, and events still queued at a crash
 are lost -- mail is not (it is fsync'd in the spool before the 250).
 
-The writer drains what queued up while it was writing and commits it in one transaction
-(one fsync for the batch instead of one per decision: under load the commit, not the row, is
-the cost).
+The writer waits ``linger`` (50 ms) after the first event of a batch, then commits what queued
+up (up to ``MAX_BATCH``) in one transaction: one fsync for the batch instead of one per
+decision (under load the commit, not the row, is the cost), and one wake-up of the writer
+thread per batch, not per decision.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from dsguard.model import Attribution, Envelope, RdsOutcome, Verdict
@@ -127,50 +129,59 @@ def decision_log_record(
 
 
 class EventWriter:
-    def __init__(self, store: Store | None, maxsize: int = 10000) -> None:
+    """The writer thread and its queue (see the module docstring). ``put`` is a deque append
+    (a wake-up only when the writer sleeps); the writer lingers ``linger`` seconds after the
+    first event of a batch so a busy gateway commits (and fsyncs) a few dozen times a second
+    instead of once or twice per message: the writer's ORM/commit work was a sixth of the
+    gateway's CPU at ~250 msgs/s."""
+
+    def __init__(self, store: Store | None, maxsize: int = 10000, linger: float = 0.05) -> None:
         self.store = store
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize)
+        self.maxsize = maxsize
+        self.linger = linger
         self.dropped = 0
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._wakeup = threading.Event()
+        self._done = threading.Condition()
+        self._busy = False  # the writer has taken events it has not finished with
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="dsguard-events", daemon=True)
         if store is not None:
             self._thread.start()
 
     def put(self, event: dict[str, Any]) -> None:
         """Queue one ``repository.record_event`` call (its keyword arguments); never blocks."""
-        if self.store is None:
+        if self.store is None or self._closing:
             return
-        try:
-            self.queue.put_nowait(event)
-        except queue.Full:
+        if len(self._pending) >= self.maxsize:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 log.error("event queue full: %d events dropped so far", self.dropped)
+            return
+        self._pending.append(event)  # deque.append is atomic under the GIL
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     def _run(self) -> None:
+        pending = self._pending
         while True:
-            batch = self._next_batch()
-            stop = batch[-1] is None
-            events = [e for e in batch if e is not None]
+            self._wakeup.wait()
+            self._wakeup.clear()
+            if self.linger > 0 and not self._closing and len(pending) < MAX_BATCH:
+                time.sleep(self.linger)  # let the batch fill (cleared above: no busy loop)
+            with self._done:
+                self._busy = True
             try:
-                if events and self.store is not None:
-                    self._write(self.store, events)
+                while pending:
+                    events = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
+                    if self.store is not None:
+                        self._write(self.store, events)
             finally:
-                for _ in batch:
-                    self.queue.task_done()
-            if stop:
+                with self._done:
+                    self._busy = False
+                    self._done.notify_all()
+            if self._closing and not pending:
                 return
-
-    def _next_batch(self) -> list[dict[str, Any] | None]:
-        """Block for one event, then take what else is already queued (up to MAX_BATCH):
-        under load many decisions share one transaction and one fsync, when idle each is
-        written at once. A None (close) ends the batch."""
-        batch = [self.queue.get()]
-        while batch[-1] is not None and len(batch) < MAX_BATCH:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
 
     @staticmethod
     def _write(store: Store, events: list[dict[str, Any]]) -> None:
@@ -189,11 +200,16 @@ class EventWriter:
                 log.error("could not record event: %s", exc)
 
     def flush(self) -> None:
-        """Wait until every queued event is written (tests, shutdown)."""
-        if self.store is not None and self._thread.is_alive():
-            self.queue.join()
+        """Wait until every event queued so far is written (tests, shutdown)."""
+        if self.store is None or not self._thread.is_alive():
+            return
+        self._wakeup.set()
+        with self._done:
+            while (self._pending or self._busy) and self._thread.is_alive():
+                self._done.wait(0.05)
 
     def close(self) -> None:
         if self.store is not None and self._thread.is_alive():
-            self.queue.put(None)
+            self._closing = True
+            self._wakeup.set()
             self._thread.join(timeout=10)
