@@ -28,7 +28,6 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
 
 from dsguard.auth.results import AuthResultsHeader, parse_authentication_results, parse_received_spf
 from dsguard.config import Trust
@@ -150,36 +149,12 @@ def _matches_any(host: str | None, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(h, p.lower()) for p in patterns)
 
 
-class _Fields(NamedTuple):
-    """Where the fields this module reads are, found in one pass over the header section."""
-
-    received: list[tuple[int, str]]  # (position, value) of each Received field
-    auth_results: list[int]  # positions of Authentication-Results fields
-    received_spf: list[int]  # positions of Received-SPF fields
-    first_org_stamp: Header | None  # the first X-MS-Exchange-Organization-* field
-
-
-def _find_fields(msg: ParsedMessage) -> _Fields:
-    received: list[tuple[int, str]] = []
-    auth_results: list[int] = []
-    received_spf: list[int] = []
-    first_org: Header | None = None
-    for i, h in enumerate(msg.headers):
-        key = h.key
-        kind = _TRACE_FIELDS.get(key)
-        if kind is None:
-            if first_org is None and key.startswith("x-ms-exchange-organization-"):
-                first_org = h
-        elif kind == 0:
-            received.append((i, h.value))
-        elif kind == 1:
-            auth_results.append(i)
-        else:
-            received_spf.append(i)
-    return _Fields(received, auth_results, received_spf, first_org)
-
-
-_TRACE_FIELDS = {"received": 0, "authentication-results": 1, "received-spf": 2}
+def _first_org_stamp(msg: ParsedMessage) -> Header | None:
+    """The first X-MS-Exchange-Organization-* field (read only outside Exchange profiles)."""
+    for h in msg.headers:
+        if h.key.startswith("x-ms-exchange-organization-"):
+            return h
+    return None
 
 
 class _LazyHops:
@@ -223,8 +198,7 @@ def analyse_hops(
 ) -> HopAnalysis:
     """The trusted hop and the envelope rebuilt from it. ``country_of``, when given, fills
     the envelope's country from the client IP where the receiver's stamps name none."""
-    fields = _find_fields(msg)
-    hops = _LazyHops(fields.received)
+    hops = _LazyHops(msg.received_fields)
     is_internal = _internal_for(tuple(trust.internal_networks))
     notes: list[str] = []
 
@@ -291,7 +265,7 @@ def analyse_hops(
             zone_end += 1
     below_ok = True
     headers = msg.headers
-    for i in fields.auth_results:
+    for i in msg.auth_results_positions:
         ar = parse_authentication_results(headers[i].value, i)
         if (i < boundary_index and is_ours(ar)) or (
             below_ok and boundary_index < i < zone_end and is_ours(ar)
@@ -308,12 +282,12 @@ def analyse_hops(
                 impersonating.append(ar)
 
     received_spf = None
-    for i in fields.received_spf:
+    for i in msg.received_spf_positions:
         if i < boundary_index or boundary_index < i < zone_end:
             received_spf = parse_received_spf(headers[i].value)
             break
 
-    exo, forged = _exo_stamps(msg, profile, boundary, fields.first_org_stamp)
+    exo, forged = _exo_stamps(msg, profile, boundary)
     envelope = _build_envelope(msg, profile, boundary, trusted, received_spf, exo, country_of)
     return HopAnalysis(
         envelope=envelope,
@@ -332,11 +306,12 @@ def analyse_hops(
 
 
 def _exo_stamps(
-    msg: ParsedMessage, profile: str, boundary: ReceivedHop | None, first_org: Header | None
+    msg: ParsedMessage, profile: str, boundary: ReceivedHop | None
 ) -> tuple[ExoStamps | None, list[str]]:
     xfar_headers = msg.get_all("x-forefront-antispam-report")
     if profile not in ("microsoft365", "microsoft365-internal"):
         forged = []
+        first_org = _first_org_stamp(msg)
         if first_org is not None:
             forged.append(f"{first_org.name}: {first_org.value[:80]}")
         return None, forged

@@ -61,6 +61,8 @@ class lazy_attribute(Generic[_T]):  # noqa: N801 -- used as a decorator, like ca
 
 
 _ATTACHMENT_TYPES_TEXT = ("text/plain", "text/html")
+# The trace fields ParsedMessage locates, by exact (unstripped) key.
+_TRACE_FIELDS = {"received": 0, "authentication-results": 1, "received-spf": 2}
 _CHARSET = re.compile(r"charset\s*=\s*(\"[^\"]{1,40}\"|[^\s;]{1,40})", re.IGNORECASE)
 
 
@@ -105,20 +107,39 @@ class ParsedMessage:
             self.limit_hits.append(("LIMIT_HEADERS", f"{block.limit_hit} reached"))
         index: dict[str, list[Header]] = {}
         malformed: list[Header] = []
+        # Where the trace fields are (mail.envelope reads them by position), found in this
+        # pass rather than in a second one over every field: (position, value) of each
+        # Received field, positions of Authentication-Results and Received-SPF fields.
+        received: list[tuple[int, str]] = []
+        auth_results: list[int] = []
+        received_spf: list[int] = []
+        trace_kind = _TRACE_FIELDS.get
         # h[1] is h.key and h[3] h.malformed: plain indexing skips the NamedTuple properties,
         # and get() skips the empty list setdefault() builds for every field (35 a message).
-        for h in self.headers:
+        for i, h in enumerate(self.headers):
+            key = h[1]
+            kind = trace_kind(key)
+            if kind is not None:
+                if kind == 0:
+                    received.append((i, h[2]))
+                elif kind == 1:
+                    auth_results.append(i)
+                else:
+                    received_spf.append(i)
             if h[3]:
                 malformed.append(h)
                 # Only a malformed field can have whitespace around its name (split_headers).
-                index.setdefault(h[1].strip(), []).append(h)
+                index.setdefault(key.strip(), []).append(h)
                 continue
-            found = index.get(h[1])
+            found = index.get(key)
             if found is None:
-                index[h[1]] = [h]
+                index[key] = [h]
             else:
                 found.append(h)
         self._index = index
+        self.received_fields = received
+        self.auth_results_positions = auth_results
+        self.received_spf_positions = received_spf
         # The fields split_headers flagged, in order (most messages have none).
         self.malformed_fields: tuple[Header, ...] = tuple(malformed)
 
