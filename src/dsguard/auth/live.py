@@ -18,7 +18,8 @@ strict domain pattern (else left out) or reduced to printable ASCII without ``@`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import lru_cache
 
 from authres import (  # type: ignore[import-untyped]
     AuthenticationResultsHeader,
@@ -94,17 +95,26 @@ def authentication_results_header(authserv_id: str, live: LiveAuth) -> str:
     message is unsigned; ``dmarc`` (when evaluated) ``header.from`` and, when it failed,
     ``policy.dmarc`` with the disposition.
     """
-    results: list[object] = [_spf_clause(live.spf)]
-    if live.dkim:
-        results.extend(_dkim_clause(sig) for sig in live.dkim)
+    return _header_value(authserv_id, live.spf, live.dkim, live.dmarc)
+
+
+# The value is a pure function of the results, and the next message of a sender mostly has
+# the same ones: the authres objects are built once per combination (bounded).
+@lru_cache(maxsize=1024)
+def _header_value(
+    authserv_id: str, spf: SpfResult, dkim: tuple[DkimResult, ...], dmarc: DmarcResult | None
+) -> str:
+    results: list[object] = [_spf_clause(spf)]
+    if dkim:
+        results.extend(_dkim_clause(sig) for sig in dkim)
     else:
         results.append(DKIMAuthenticationResult(result="none"))
-    if live.dmarc is not None:
+    if dmarc is not None:
         results.append(
             DMARCAuthenticationResult(
-                result=_word(live.dmarc.result),
-                header_from=_domain(live.dmarc.from_domain),
-                policy=live.dmarc.disposition if live.dmarc.result == "fail" else None,
+                result=_word(dmarc.result),
+                header_from=_domain(dmarc.from_domain),
+                policy=dmarc.disposition if dmarc.result == "fail" else None,
             )
         )
     header = AuthenticationResultsHeader(
@@ -138,7 +148,6 @@ def authenticate(
         dmarc_from=dmarc.from_domain if dmarc else None,
         dmarc_action=dmarc.disposition if dmarc else None,
         compauth=None,
+        evidence=_header_value(authserv_id, spf, dkim, dmarc),
     )
-    live = LiveAuth(spf=spf, dkim=dkim, dmarc=dmarc, summary=summary)
-    evidence = authentication_results_header(authserv_id, live)
-    return replace(live, summary=replace(summary, evidence=evidence))
+    return LiveAuth(spf=spf, dkim=dkim, dmarc=dmarc, summary=summary)
