@@ -168,10 +168,14 @@ class ParsedMessage:
 
     @lazy_attribute
     def from_fields(self) -> tuple[AddressField, ...]:
-        return tuple(parse_address_field(h.value) for h in self.get_all("from"))
+        return self.address_fields("from")
 
     def address_fields(self, key: str) -> tuple[AddressField, ...]:
-        return tuple(parse_address_field(h.value) for h in self.get_all(key))
+        found = self._index.get(key)
+        if found is None:
+            return ()  # the usual answer for Sender, Resent-From, Reply-To, Cc
+        # A list comprehension, not a generator: no generator object per call.
+        return tuple([parse_address_field(h[2]) for h in found])
 
     @lazy_attribute
     def recipients(self) -> tuple[str, ...]:
