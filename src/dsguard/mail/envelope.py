@@ -149,6 +149,12 @@ def _matches_any(host: str | None, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(h, p.lower()) for p in patterns)
 
 
+def _position(msg: ParsedMessage, first_of_its_name: Header) -> int:
+    """``msg.index_of`` for the first field of its name, with ``tuple.index`` in C: a field
+    equal to it has its name, so none comes before it and the first equal one is itself."""
+    return msg.headers.index(first_of_its_name)
+
+
 def _first_org_stamp(msg: ParsedMessage) -> Header | None:
     """The first X-MS-Exchange-Organization-* field (read only outside Exchange profiles)."""
     for h in msg.headers:
@@ -398,13 +404,14 @@ def _build_envelope(
                 break
         if mailfrom_prop:
             break
-    return_paths = [h for h in msg.get_all("return-path")]
+    return_paths = msg.get_all("return-path")
     if profile in ("microsoft365", "microsoft365-internal"):
         rp = return_paths[-1].value if return_paths else None  # Exchange appends at delivery
     else:
         rp = (
             return_paths[0].value
-            if return_paths and (boundary is None or msg.index_of(return_paths[0]) < boundary.index)
+            if return_paths
+            and (boundary is None or _position(msg, return_paths[0]) < boundary.index)
             else None
         )
     rp_addr = parse_path(rp) if rp is not None else None
@@ -437,7 +444,7 @@ def _build_envelope(
         rcpts.append(boundary.for_addr)
     for key in ("x-original-to", "delivered-to"):
         for h in msg.get_all(key)[:1]:
-            if boundary is None or msg.index_of(h) < boundary.index:
+            if boundary is None or _position(msg, h) < boundary.index:
                 addr = parse_path(h.value)
                 if addr:
                     rcpts.append(addr)
