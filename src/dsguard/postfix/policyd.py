@@ -9,6 +9,11 @@ Postfix passes it only when the certificate verified against ``smtpd_tls_CAfile`
 and ``recipient``. No DNS and no message body: the answer is immediate. Events are written by
 a background thread so a slow database never delays Postfix.
 
+I/O: each connection is a plain :class:`asyncio.Protocol`; every complete request in a read is
+answered, the answers go out in one write, and only then are events queued and log lines
+written. A decision is a pure function of the client, the SASL user, the certificate name and
+the sender, so it is remembered per configuration (bounded): Postfix asks once per recipient.
+
 SECURITY: requests come from Postfix on a local socket, but their values come from the SMTP
 client. Requests are capped in size and attribute count; a malformed request or an internal
 fault answers ``DEFER_IF_PERMIT`` (a temporary failure), never a permanent reject, and the
@@ -36,6 +41,8 @@ log = logging.getLogger("dsguard.policyd")
 
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_ATTRIBUTES = 100
+DECISIONS_KEPT = 4096  # remembered (client, SASL user, certificate, sender) decisions
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps with options builds one per call
 DUNNO = "DUNNO"
 TEMPFAIL = "DEFER_IF_PERMIT Service temporarily unavailable (dsguard policy)"
 
@@ -54,12 +61,29 @@ class PolicyDecider:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.accepted = AcceptedDomains(config.organization.accepted_domains)
+        self._known: dict[tuple[str, str, str, str], PolicyAnswer] = {}
 
     def decide(self, attrs: Mapping[str, str]) -> PolicyAnswer:
         if attrs.get("request") != "smtpd_access_policy":
             return PolicyAnswer(DUNNO, "dunno", "not an smtpd_access_policy request")
         sender = attrs.get("sender", "")
         cert_name = attrs.get("ccert_subject", "").strip()
+        # Everything the decision reads (attribute() and decide_p1); not the recipient.
+        key = (
+            attrs.get("client_address", ""),
+            attrs.get("sasl_username", ""),
+            cert_name,
+            sender,
+        )
+        answer = self._known.get(key)
+        if answer is None:
+            answer = self._decide(attrs, sender, cert_name)
+            if len(self._known) >= DECISIONS_KEPT:
+                self._known.clear()
+            self._known[key] = answer
+        return answer
+
+    def _decide(self, attrs: Mapping[str, str], sender: str, cert_name: str) -> PolicyAnswer:
         envelope = Envelope(
             origin=EnvelopeOrigin.SMTP,
             client_ip=attrs.get("client_address") or None,
@@ -92,44 +116,88 @@ def parse_request(lines: list[bytes]) -> dict[str, str] | None:
     return attrs
 
 
-TOO_LARGE: list[bytes] = []  # RequestReader.next(): a request over MAX_REQUEST_BYTES
+TOO_LARGE: list[bytes] = []  # RequestBuffer.next(): a request over MAX_REQUEST_BYTES
 
 
-class RequestReader:
-    """Requests from one connection, read in chunks rather than line by line: a request is
-    the lines up to the first empty one (``\n``, or ``\r\n`` from a lenient client)."""
+class RequestBuffer:
+    """Requests from one connection, however the reads split them: a request is the lines up
+    to the first empty one (``\n``, or ``\r\n`` from a lenient client)."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
+    def __init__(self) -> None:
         self._buf = b""
 
-    def _split(self) -> list[bytes] | None:
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next(self) -> list[bytes] | None:
+        """The lines of the next complete request (``TOO_LARGE`` when over the limit), None
+        until one is complete."""
         buf = self._buf
         if buf.startswith((b"\n", b"\r\n")):  # an empty request
             self._buf = buf[buf.index(b"\n") + 1 :]
             return []
         ends = [i for i in (buf.find(b"\n\n"), buf.find(b"\n\r\n")) if i >= 0]
         if not ends:
-            return None
+            return TOO_LARGE if len(buf) > MAX_REQUEST_BYTES else None
         end = min(ends)
         request, self._buf = buf[:end], buf[buf.index(b"\n", end + 1) + 1 :]
         if end + 1 > MAX_REQUEST_BYTES:
             return TOO_LARGE
         return [line.rstrip(b"\r") for line in request.split(b"\n")]
 
-    async def next(self) -> list[bytes] | None:
-        """The lines of the next request (``TOO_LARGE`` when over the limit), None at the end
-        of the stream."""
+
+class PolicyProtocol(asyncio.Protocol):
+    """One Postfix connection: it keeps it open and sends many requests, one at a time."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self.requests = RequestBuffer()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.requests.feed(data)
+        answers: list[bytes] = []
+        records: list[tuple[dict[str, str], PolicyAnswer]] = []
+        close = False
         while True:
-            lines = self._split()
-            if lines is not None:
-                return lines
-            if len(self._buf) > MAX_REQUEST_BYTES:
-                return TOO_LARGE
-            chunk = await self._reader.read(65536)
-            if not chunk:
-                return None
-            self._buf += chunk
+            lines = self.requests.next()
+            if lines is None:
+                break
+            if lines is TOO_LARGE:
+                answers.append(_encoded(TEMPFAIL))
+                close = True
+                break
+            action, attrs, answer = self.server._answer(lines)
+            answers.append(_encoded(action))
+            if attrs is not None and answer is not None:
+                records.append((attrs, answer))
+        if answers:
+            # One write (asyncio sets TCP_NODELAY: it goes out at once), before the events.
+            transport.write(b"".join(answers) if len(answers) > 1 else answers[0])
+        for attrs, answer in records:
+            self.server._record(attrs, answer)
+        if close:
+            transport.close()
+
+
+_ENCODED: dict[str, bytes] = {}
+
+
+def _encoded(action: str) -> bytes:
+    """``action=...`` and the empty line, as bytes (the few distinct answers are kept)."""
+    out = _ENCODED.get(action)
+    if out is None:
+        out = f"action={action}\n\n".encode()
+        if len(_ENCODED) < 64:
+            _ENCODED[action] = out
+    return out
 
 
 class PolicyServer:
@@ -140,30 +208,6 @@ class PolicyServer:
 
     def reload(self, config: Config) -> None:
         self.decider = PolicyDecider(config)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Postfix keeps the connection open and sends many requests on it, one at a time.
-        # Each reply is one write (the transport sends it at once: asyncio sets TCP_NODELAY),
-        # written before the event is queued and the log line is written.
-        requests = RequestReader(reader)
-        try:
-            while True:
-                lines = await requests.next()
-                if lines is None:
-                    return
-                if lines is TOO_LARGE:
-                    writer.write(f"action={TEMPFAIL}\n\n".encode())
-                    await writer.drain()
-                    return
-                action, attrs, answer = self._answer(lines)
-                writer.write(f"action={action}\n\n".encode())
-                if attrs is not None and answer is not None:
-                    self._record(attrs, answer)
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
 
     def _answer(
         self, lines: list[bytes]
@@ -212,7 +256,7 @@ class PolicyServer:
             }
         )
         log.info(
-            json.dumps(
+            _JSON.encode(
                 {
                     "event": "decision",
                     "front_door": "policyd",
@@ -223,12 +267,14 @@ class PolicyServer:
                     "rcpt_to": [attrs.get("recipient")],
                     "reason": answer.reason,
                 },
-                ensure_ascii=False,
             )
         )
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self.handle, host, port, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: PolicyProtocol(self), host, port, reuse_address=True
+        )
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
 

@@ -17,7 +17,15 @@ from dsguard.auth.resolver import DnsTempError, Resolver
 from dsguard.config import Config, load_config
 from dsguard.postfix import milter
 from dsguard.postfix import milter_protocol as mp
-from dsguard.postfix.policyd import MAX_REQUEST_BYTES, TOO_LARGE, PolicyServer, RequestReader
+from dsguard.postfix.policyd import (
+    MAX_REQUEST_BYTES,
+    TOO_LARGE,
+    PolicyAnswer,
+    PolicyDecider,
+    PolicyProtocol,
+    PolicyServer,
+    RequestBuffer,
+)
 
 
 def _packet(command: bytes, data: bytes = b"") -> bytes:
@@ -302,49 +310,55 @@ REQUEST = (
 )
 
 
-async def _requests(chunks: list[bytes]) -> list[list[bytes] | None]:
-    reader = asyncio.StreamReader()
-    for chunk in chunks:
-        reader.feed_data(chunk)
-    reader.feed_eof()
-    requests = RequestReader(reader)
+def _requests(chunks: list[bytes]) -> list[list[bytes] | None]:
+    """Feed ``chunks`` one read at a time: every request, then None (none complete)."""
+    requests = RequestBuffer()
     out: list[list[bytes] | None] = []
-    while True:
-        lines = await requests.next()
-        out.append(lines)
-        if lines is None or lines is TOO_LARGE:
-            return out
+    for chunk in chunks:
+        requests.feed(chunk)
+        while True:
+            lines = requests.next()
+            if lines is None:
+                break
+            out.append(lines)
+            if lines is TOO_LARGE:
+                return out
+    out.append(None)
+    return out
 
 
 def test_request_reader_pipelined_split_and_crlf() -> None:
     data = b"a=1\nb=2\n\n" + b"c=3\r\nd=4\r\n\r\n" + b"\n" + b"e=5\n\n"
     for cut in range(len(data) + 1):
-        got = asyncio.run(_requests([data[:cut], data[cut:]]))
+        got = _requests([data[:cut], data[cut:]])
         assert got == [[b"a=1", b"b=2"], [b"c=3", b"d=4"], [], [b"e=5"], None]
 
 
 def test_request_reader_unfinished_and_too_large() -> None:
-    assert asyncio.run(_requests([b"a=1\nb=2\n"])) == [None]
+    assert _requests([b"a=1\nb=2\n"]) == [None]
     huge = b"x=" + b"y" * MAX_REQUEST_BYTES + b"\n"
-    got = asyncio.run(_requests([huge]))
+    got = _requests([huge])
     assert got[-1] is TOO_LARGE
-    got = asyncio.run(_requests([huge + b"\n"]))
+    got = _requests([huge + b"\n"])
     assert got[-1] is TOO_LARGE
 
 
-def test_policy_server_answers_each_request_at_once_without_nagle() -> None:
+def test_policy_server_answers_each_request_at_once_without_nagle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     nodelay: list[int] = []
+
+    plain = PolicyProtocol.connection_made
+
+    def connection_made(self: PolicyProtocol, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        plain(self, transport)
+
+    monkeypatch.setattr(PolicyProtocol, "connection_made", connection_made)
 
     async def run() -> bytes:
         server = PolicyServer(_config(), None)
-        plain = server.handle
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            sock = writer.get_extra_info("socket")
-            nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            await plain(reader, writer)
-
-        server.handle = handle  # type: ignore[method-assign]
         host, port = await server.start("127.0.0.1", 0)
         try:
             reader, writer = await asyncio.open_connection(host, port)
@@ -417,3 +431,33 @@ def test_a_failed_record_after_the_reply_sends_no_second_reply(
     replies = asyncio.run(run())
     assert [command for command, _ in replies] == [b"y", b"y"]
     assert all(data.startswith(b"550 5.7.68 ") for _, data in replies)
+
+
+def test_policy_decisions_are_remembered_per_client_user_certificate_and_sender() -> None:
+    config = load_config(
+        None,
+        {
+            "organization": {"accepted_domains": ["contoso.com"], "reject_direct_send": "on"},
+            "connectors": [
+                {"name": "scanner", "tls_certificate_name": "scanner.contoso.com"},
+                {"name": "office", "sender_ip_ranges": ["192.0.2.0/28"]},
+            ],
+        },
+    )
+    decider = PolicyDecider(config)
+
+    def ask(**attrs: str) -> PolicyAnswer:
+        return decider.decide({"request": "smtpd_access_policy", **attrs})
+
+    anonymous = ask(client_address="198.51.100.7", sender="joe@contoso.com", recipient="a@contoso.com")
+    assert anonymous.decision == "refused"
+    assert ask(client_address="198.51.100.7", sender="joe@contoso.com", recipient="b@contoso.com") is anonymous
+    # each part of the key changes the answer
+    assert ask(client_address="192.0.2.5", sender="joe@contoso.com").decision == "dunno"
+    assert ask(client_address="198.51.100.7", sender="joe@contoso.com", sasl_username="joe").decision == "dunno"
+    assert (
+        ask(client_address="198.51.100.7", sender="joe@contoso.com", ccert_subject="scanner.contoso.com").decision
+        == "dunno"
+    )
+    assert ask(client_address="198.51.100.7", sender="news@example.org").decision == "dunno"
+    assert ask(client_address="198.51.100.7", sender="joe@contoso.com").decision == "refused"
