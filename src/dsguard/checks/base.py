@@ -80,6 +80,8 @@ class Facts:
         self.intel = intel
         self.decoder = decoder
         self.hops = hops
+        # Read by most checks (eight times a message): a plain attribute, not a property.
+        self.anonymous: bool = attribution.kind is AttributionKind.ANONYMOUS
 
     # -- sender and organisation --------------------------------------------------------------
     @lazy_attribute
@@ -91,9 +93,6 @@ class Facts:
     def null_sender(self) -> bool:
         return self.envelope.mail_from == ""
 
-    @property
-    def anonymous(self) -> bool:
-        return self.attribution.kind is AttributionKind.ANONYMOUS
 
     @lazy_attribute
     def p1_accepted(self) -> bool:

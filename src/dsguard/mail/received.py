@@ -70,6 +70,7 @@ _TOKEN = re.compile(r"[()]|[^\s()]+")
 _FLAT_COMMENTS = re.compile(r"[^()]*+(?:\([^()]*+\)[^()]*+)*+")
 _TLS_COMMENT = re.compile(r"\b(?:TLS1|TLSv1|version=TLS)")
 _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+_HEXTETS = re.compile(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}")
 
 
 def _cut_date(value: str) -> tuple[str, str | None]:
@@ -220,6 +221,10 @@ def _parse_hop_facts(text: str) -> _HopFacts:
         if from_ip is None and _DOTTED_QUAD.fullmatch(joined):
             # Exchange's "(10.13.177.89)": the whole comment is the one address the general
             # search below would find.
+            from_ip = _valid_ip(joined)
+        elif from_ip is None and ":" in joined and _HEXTETS.fullmatch(joined):
+            # Exchange's "(2603:10b6:a03:2d9::7b0d)": the whole comment is the only candidate
+            # the general search below would find (its IPv6 branch, anchored).
             from_ip = _valid_ip(joined)
         elif from_ip is None:
             for candidate in _BARE_IP.findall(joined):
