@@ -31,9 +31,11 @@ could not read whole); more than ``MAX_OWN_FIELD_EDITS`` forged dsguard fields t
 message rather than make Postfix rewrite its queue file thousands of times. A malformed packet
 closes that connection only (Postfix then applies ``milter_default_action``); an idle
 connection is closed after ``IDLE_TIMEOUT``; connections are capped at ``MAX_CONNECTIONS``.
-Any internal fault answers tempfail, never a permanent reject. While the analysis runs (in a
-worker thread: DNS and the engine's decoder block) the milter reads nothing more from that
-connection and sends SMFIR_PROGRESS so Postfix's ``milter_content_timeout`` does not fire.
+Any internal fault answers tempfail, never a permanent reject. The analysis runs on the event
+loop only when nothing in it can block (every DNS answer cached, no attachment for the engine's
+decoder child, at most ``INLINE_MAX_BYTES``); otherwise in a worker thread, and meanwhile the
+milter reads nothing more from that connection and sends SMFIR_PROGRESS so Postfix's
+``milter_content_timeout`` does not fire.
 
 I/O: each connection is a plain :class:`asyncio.Protocol`; a read is split into packets that
 are handled synchronously, and the replies they produce go out in one write, before the
