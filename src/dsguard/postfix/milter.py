@@ -250,8 +250,8 @@ class MilterSession(asyncio.Protocol):
     """One MTA connection (one SMTP session, or several after SMFIC_QUIT_NC).
 
     A plain :class:`asyncio.Protocol`: each read is split into packets and handled at once,
-    synchronously, and the replies it produced go out in one write. Only the end of message
-    waits (for the analysis); reading pauses until it is answered.
+    synchronously, and the replies it produced go out in one write. Only an end of message
+    analysed in a thread waits; reading pauses until it is answered.
     """
 
     def __init__(self, server: MilterServer) -> None:
