@@ -50,6 +50,8 @@ def quick_init(cls: _C) -> _C:
     exec(source, namespace)  # noqa: S102 -- built from the class's own field names
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
+    # As the generated one has them, for introspection (inspect.signature, get_type_hints).
+    init.__annotations__ = {**{f.name: f.type for f in fields}, "return": None}
     init.__module__ = cls.__module__
     cls.__init__ = init  # type: ignore[method-assign]
     return cls
