@@ -67,17 +67,13 @@ def is_exo_internal(host: str | None) -> bool:
 def parse_forefront(value: str) -> dict[str, str]:
     """``X-Forefront-Antispam-Report: CIP:1.2.3.4;CTRY:UA;...`` -> {"CIP": "1.2.3.4", ...}."""
     if len(value) <= _CACHED_XFAR_CHARS:
-        # EOP stamps the same report on every message from a sender; a dict of the caller's
-        # own, since the cached answer is shared.
+        # EOP stamps the same report on every message from a sender; a copy for the caller,
+        # since the remembered dict is shared (and never handed out itself).
         return dict(_parse_forefront_cached(value))
     return _parse_forefront(value)
 
 
 _CACHED_XFAR_CHARS = 2048
-
-
-def _parse_forefront_items(value: str) -> tuple[tuple[str, str], ...]:
-    return tuple(_parse_forefront(value).items())
 
 
 def _parse_forefront(value: str) -> dict[str, str]:
@@ -91,7 +87,7 @@ def _parse_forefront(value: str) -> dict[str, str]:
 
 
 # Adaptive (mail.memo): on mail from new senders the reports differ (CIP, H) and are not kept.
-_parse_forefront_cached = adaptive_memo(_parse_forefront_items, 2048)
+_parse_forefront_cached = adaptive_memo(_parse_forefront, 2048)
 
 
 def compauth_is_intraorg(reason: str | None) -> bool:
