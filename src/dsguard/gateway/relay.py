@@ -41,7 +41,9 @@ quarantine, visible to admins); this module sends no bounce.
 Scheduling: ``run`` claims due entries whenever a delivery slot is free and otherwise sleeps
 until ``submit()``/``wake()``, the next retry this relay scheduled itself, or
 ``poll_interval``. Entries the gateway just accepted come through ``submit`` with their bytes:
-they are claimed by id (``Spool.claim_fresh``: one rename, no directory listing, no reread).
+they are claimed by id (``Spool.claim_fresh``: one rename, no directory listing, no reread),
+on the event loop; a slot that finishes a delivery goes on with the next submitted entry at
+once, on the same cached connection, until none is waiting or the relay stops.
 The spool directory is scanned (``Spool.claim_due``) at start, every ``poll_interval`` (entries
 written by other processes), when a retry is due, after ``wake()``, and continuously while the
 bounded in-memory queue has overflowed, until the scan has caught up: the spool, not memory,
@@ -268,6 +270,7 @@ class Relay:
         # claim or settle queued behind them keeps a delivery slot idle.
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         # Delivered entries retired on the loop, waiting for their group commit.
+        self._stopping = False  # run() saw stop: slots finish what they have, take no more
         self._retired: list[str | None] = []
         self._committer: asyncio.Future[None] | None = None
 
@@ -314,6 +317,7 @@ class Relay:
         deliveries finish (at most ``shutdown_timeout`` seconds; the rest are interrupted and
         deferred for an immediate retry) and return."""
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         inflight: set[asyncio.Task[str]] = set()
         stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         wake_task: asyncio.Future[Any] | None = None
@@ -338,6 +342,7 @@ class Relay:
                 )
                 inflight.difference_update(done)
         finally:
+            self._stopping = True
             stop_task.cancel()
             if wake_task is not None:
                 wake_task.cancel()
@@ -458,32 +463,15 @@ class Relay:
     async def _claim(self, limit: int) -> list[_Claimed]:
         """Up to ``limit`` entries to deliver: submitted ones first (claimed by id), then, when a
         scan is due, the oldest due entries in the spool."""
-        submitted: list[tuple[SpoolEntry, bytes]] = []
-        while self._submitted and len(submitted) < limit:
-            item = self._submitted.popleft()
-            self._submitted_bytes -= len(item[1])
-            submitted.append(item)
-        room = limit - len(submitted)
+        fresh, taken = self._claim_submitted(limit)
+        room = limit - taken
         scan = room > 0 and self._scan_wanted()
         if scan:
             self._missed = False
-        spool = self._spool
-        now = datetime.now(UTC)
-
-        # Entries handed over by submit() are claimed here on the loop: one rename and a stat
-        # each, no disk wait (nothing is fsync'd), cheaper than a trip to a thread.
-        fresh: list[_Claimed] = []
-        for entry, data in submitted:
-            try:
-                got = spool.claim_fresh(entry)
-            except Exception:
-                # Still in new/ (or in active/ for recover()): never lost; a scan finds it.
-                log.exception("relay: cannot claim %s from the spool", entry.id)
-                continue
-            if got is not None:
-                fresh.append((got, data if got is entry else None))
         if not scan:
             return fresh
+        spool = self._spool
+        now = datetime.now(UTC)
 
         def claim() -> tuple[list[_Claimed], int]:
             try:
@@ -524,6 +512,26 @@ class Relay:
                 self._next_scan = 0.0  # more may be waiting: scan again when a slot is free
         return fresh + claimed
 
+    def _claim_submitted(self, limit: int) -> tuple[list[_Claimed], int]:
+        """Claim up to ``limit`` entries handed over by submit(), here on the loop: one rename
+        and a stat each, no disk wait (nothing is fsync'd), cheaper than a trip to a thread.
+        Returns the claimed entries and how many were taken from the queue."""
+        taken = 0
+        fresh: list[_Claimed] = []
+        while self._submitted and taken < limit:
+            entry, data = self._submitted.popleft()
+            self._submitted_bytes -= len(data)
+            taken += 1
+            try:
+                got = self._spool.claim_fresh(entry)
+            except Exception:
+                # Still in new/ (or in active/ for recover()): never lost; a scan finds it.
+                log.exception("relay: cannot claim %s from the spool", entry.id)
+                continue
+            if got is not None:
+                fresh.append((got, data if got is entry else None))
+        return fresh, taken
+
     def _scan_wanted(self) -> bool:
         if self._backlog or time.monotonic() >= self._next_scan:
             return True
@@ -547,11 +555,22 @@ class Relay:
         return sleep
 
     async def _deliver_logged(self, entry: SpoolEntry, data: bytes | None = None) -> str:
-        try:
-            return await self.deliver_once(entry, data)
-        except Exception:
-            log.exception("relay: delivery of %s failed unexpectedly", entry.id)
-            return DEFERRED
+        """One delivery slot's work: ``entry``, then, while submitted entries are waiting and
+        the relay is not stopping, the next one at once (on the connection just used, from
+        the cache), instead of handing the slot back to run() for a wake-up, a claim and a
+        new task per message. Returns the outcome of the last delivery."""
+        while True:
+            try:
+                outcome = await self.deliver_once(entry, data)
+            except Exception:
+                log.exception("relay: delivery of %s failed unexpectedly", entry.id)
+                outcome = DEFERRED
+            if self._stopping or not self._submitted:
+                return outcome
+            fresh, _taken = self._claim_submitted(1)
+            if not fresh:
+                return outcome
+            [(entry, data)] = fresh
 
     async def _drain(self, inflight: set[asyncio.Task[str]]) -> None:
         if not inflight:

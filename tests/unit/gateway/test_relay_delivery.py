@@ -272,3 +272,34 @@ def test_a_failed_commit_after_delivery_loses_nothing_and_reuses_nothing(
     assert [e[1] for e in events] == ["delivered"] * 5
     assert len(smtp_sink.wait_for(5)) == 5
     assert spool._free == []  # not known durable: never rewritten
+
+
+def test_a_slot_goes_on_with_submitted_entries_and_stops_cleanly(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """One slot chains submitted entries on its connection; stopping mid-way leaves the rest
+    in new/ (nothing stuck in active/), and the next run delivers them, each exactly once."""
+    spool = Spool(tmp_path / "spool")
+    events, on_result = recorder()
+    relay = Relay(spool, downstream(smtp_sink), FAST, concurrency=1, helo=HELO, on_result=on_result)
+    sent = [f"Subject: {n}\r\n\r\nchained {n}\r\n".encode() for n in range(40)]
+
+    async def first_run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        for data in sent:
+            entry = spool.enqueue(data, "a@contoso.com", ["u@contoso.com"], {})
+            relay.submit(entry, data)
+        while len(events) < 5:
+            await asyncio.sleep(0.001)
+        stop.set()
+        await task
+
+    asyncio.run(asyncio.wait_for(first_run(), 60))
+    assert spool.list("active") == []
+    assert len(events) + len(spool.list("new")) == 40
+
+    relay2 = Relay(spool, downstream(smtp_sink), FAST, helo=HELO, on_result=on_result)
+    asyncio.run(run_until(relay2, lambda: spool_is_empty(spool)))
+    assert [e[1] for e in events] == ["delivered"] * 40
+    assert sorted(smtp_sink.wait_for(40)) == sorted(expected_dump(d) for d in sent)
