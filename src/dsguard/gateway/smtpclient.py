@@ -15,8 +15,9 @@ command. This one does only what the relay needs:
 - ``message_wire`` turns stored bytes into the DATA wire form once, with C-speed byte
   operations: line endings made CRLF (RFC 5321 section 2.3.8), lines starting with "."
   doubled (section 4.5.2), a final CRLF if missing, and the terminating "." line.
-- ``quit`` reads the replies still owed (a pipelined group after an early refusal), sends QUIT
-  and waits briefly for its 221 (section 4.1.1.10); ``close`` drops the connection.
+- ``quit`` reads the replies still owed (a pipelined group after an early refusal; a 354 among
+  them gets a lone "." so that QUIT is not taken for message data), sends QUIT and waits for
+  its 221 (section 4.1.1.10); ``close`` drops the connection.
 
 A connection is reusable (``reusable``) only while it is open, owes no replies and nothing
 unsolicited arrived (a server that timed the connection out while idle sends 421 and closes).
@@ -367,7 +368,10 @@ class SmtpConnection:
             self._timeout = min(self._timeout, timeout)
         try:
             while self._owed > 0:
-                await self.reply()
+                if (await self.reply()).code == 354:
+                    # A pipelined DATA the server accepted after all (RFC 2920 3.1): end that
+                    # transaction with an empty message, or QUIT would be read as data.
+                    self.write([b"."])
             await self.command(b"QUIT")
         except (SmtpError, OSError, TimeoutError):
             pass

@@ -232,6 +232,31 @@ def test_a_refused_mail_from_reads_the_pipelined_replies_before_quit(tmp_path: P
     assert peers[0].lines[-1].startswith(b"QUIT")  # nothing after QUIT, no message data
 
 
+def test_a_354_after_a_refused_mail_from_gets_a_lone_dot_before_quit(tmp_path: Path) -> None:
+    """A server that accepts DATA although MAIL was refused: the client must not send the
+    message, and must end the data phase ("." alone) so that its QUIT is a command."""
+
+    async def script(peer: Peer) -> None:
+        await peer.greet()
+        for prefix in (b"MAIL", b"RCPT", b"DATA"):
+            await peer.expect(prefix)
+        peer.send(b"451 4.3.0 Try later\r\n250 Ok\r\n354 go ahead\r\n")
+        await peer.expect(b".")
+        peer.send(b"554 5.5.1 No transaction\r\n")
+        await peer.expect(b"QUIT")
+        peer.send(b"221 Bye\r\n")
+
+    async def scenario() -> tuple[str, Events, list[Peer]]:
+        async with scripted(script) as (ds, peers):
+            outcome, events = await deliver(Spool(tmp_path), ds, ["ann@contoso.com"])
+            return outcome, events, peers
+
+    outcome, events, peers = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert outcome == "deferred"
+    assert "451 4.3.0 Try later" in events[0][2]
+    assert peers[0].lines[-2:] == [b".\r\n", b"QUIT\r\n"]
+
+
 # -- connections that break ------------------------------------------------------------------
 
 
