@@ -55,7 +55,13 @@ from dsguard.model import (
     Verdict,
 )
 from dsguard.policy.attribution import attribute
-from dsguard.policy.judge import MALICIOUS_REJECT, TEMPFAIL, Judgement, judge_message
+from dsguard.policy.judge import (
+    MALICIOUS_REJECT,
+    TEMPFAIL,
+    Judgement,
+    judge_message,
+    judge_without_attachments,
+)
 from dsguard.policy.rds import decide_p1
 from dsguard.policy.relay import check_recipient, check_send_as
 from dsguard.store import repository as repo
@@ -65,6 +71,9 @@ from dsguard.store.events import EventWriter, decision_event, decision_log_recor
 log = logging.getLogger("dsguard.gateway")
 
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+# Messages up to this size are judged on the event loop when nothing can block (cached DNS,
+# no attachment to decode); a larger one is parsed in a thread so the loop never stalls on it.
+INLINE_MAX_BYTES = 256 * 1024
 BARE_NEWLINE = "550 5.5.2 Message rejected: bare <CR> or <LF> in message data (RFC 5321 2.3.8)"
 NO_MAIL_FROM = "503 5.5.1 Error: need MAIL command"
 # Postfix's wording when SASL is off; AUTH belongs to the submission listener.
@@ -317,11 +326,33 @@ class GatewayHandler:
     async def _accept(self, session: Session, env: Envelope, txn: Transaction, raw: bytes) -> str:
         rt = self.runtime
         assert txn.attribution is not None
-        # One worker-thread trip for analysis, stamping and (for mail to relay) the fsync'd
-        # spool write: each trip costs a thread hand-off and a GIL round.
-        judged, stamped, queue_id, spooled = await asyncio.to_thread(
-            self._judge_and_spool, rt, env, txn, raw
-        )
+        # The analysis runs here on the loop when nothing in it can block (as the milter does):
+        # DNS answered from the resolver's cache only, no attachment for the engine's decoder
+        # child, a message of at most INLINE_MAX_BYTES; then only the fsync'd spool write goes
+        # to a thread. Otherwise (a cache miss, an attachment, an error) that work is thrown
+        # away and everything is done in one worker-thread trip, as before. Analysis in a
+        # thread competes with the loop for the GIL on every message.
+        inline: Judgement | None = None
+        if len(raw) <= INLINE_MAX_BYTES:
+            with Resolver.cache_only() as probe:
+                try:
+                    inline = judge_without_attachments(rt.engine, rt.resolver, rt.config, env, raw)
+                except Exception:  # done again in the thread, where a fault answers 451
+                    inline = None
+            if probe.missed:
+                inline = None
+        if inline is not None:
+            judged = inline
+            stamped, queue_id, to_spool = self._stamp_judged(rt, env, txn, judged)
+            spooled: SpoolEntry | OSError | None = None
+            if to_spool:
+                spooled = await asyncio.to_thread(self._spool, rt, env, stamped, judged, queue_id)
+        else:
+            # One worker-thread trip for analysis, stamping and (for mail to relay) the fsync'd
+            # spool write: each trip costs a thread hand-off and a GIL round.
+            judged, stamped, queue_id, spooled = await asyncio.to_thread(
+                self._judge_and_spool, rt, env, txn, raw
+            )
         msg, header_from, verdict = judged.msg, judged.header_from, judged.verdict
         if judged.p2_refused:
             assert judged.p2 is not None
@@ -420,14 +451,30 @@ class GatewayHandler:
         Returns the judgement, the stamped message, its queue id and the spool entry (the
         OSError if the spool write failed; None if nothing was to be spooled)."""
         judged = judge_message(rt.engine, rt.resolver, rt.config, env, raw)
+        stamped, queue_id, to_spool = self._stamp_judged(rt, env, txn, judged)
+        if not to_spool:
+            return judged, stamped, queue_id, None
+        return judged, stamped, queue_id, self._spool(rt, env, stamped, judged, queue_id)
+
+    def _stamp_judged(
+        self, rt: Runtime, env: Envelope, txn: Transaction, judged: Judgement
+    ) -> tuple[bytes, str, bool]:
+        """Take the judgement's audit notes, stamp our header fields (unless P2 refused it);
+        returns the stamped message, its queue id and whether it goes to the spool."""
         txn.audit_notes.extend(judged.notes)
         queue_id = secrets.token_hex(8)
         if judged.p2_refused:
-            return judged, b"", queue_id, None
+            return b"", queue_id, False
         verdict = judged.verdict
         stamped = self._stamp(judged.cleaned, env, txn, verdict, judged.ar_value, queue_id)
-        if verdict.action in (Action.REJECT, Action.QUARANTINE):
-            return judged, stamped, queue_id, None
+        return stamped, queue_id, verdict.action not in (Action.REJECT, Action.QUARANTINE)
+
+    @staticmethod
+    def _spool(
+        rt: Runtime, env: Envelope, stamped: bytes, judged: Judgement, queue_id: str
+    ) -> SpoolEntry | OSError:
+        """The fsync'd spool write (a worker thread); the OSError if it failed."""
+        verdict = judged.verdict
         meta = {
             "client_ip": env.client_ip or "",
             "verdict": verdict.level.value,
@@ -435,10 +482,9 @@ class GatewayHandler:
             "queue_id": queue_id,
         }
         try:
-            entry = rt.spool.enqueue(stamped, env.mail_from or "", env.rcpt_to, meta)
+            return rt.spool.enqueue(stamped, env.mail_from or "", env.rcpt_to, meta)
         except OSError as exc:
-            return judged, stamped, queue_id, exc
-        return judged, stamped, queue_id, entry
+            return exc
 
     async def _tempfail(
         self,
@@ -476,9 +522,7 @@ class GatewayHandler:
         lines = [received_header(env, cfg.hostname, queue_id, self.submission)]
         lines.extend(
             f"{name}: {value}"
-            for name, value in verdict_fields(
-                cfg.header_prefix, verdict, txn.audit_notes, ar_value
-            )
+            for name, value in verdict_fields(cfg.header_prefix, verdict, txn.audit_notes, ar_value)
         )
         head = "".join(fold(line) + "\r\n" for line in lines).encode("utf-8", "replace")
         return head + raw
