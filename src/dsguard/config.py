@@ -251,7 +251,10 @@ class Gateway(_Strict):
     # resolver, or nameservers "ip[:port]".
     dns_servers: tuple[str, ...] = ()
     dns_timeout: float = Field(default=5.0, gt=0)
-    relay_concurrency: int = Field(default=4, gt=0)
+    # Parallel deliveries to the downstream per gateway process: Postfix's
+    # default_destination_concurrency_limit (20). With 4, at 10 busy sessions the relay fell
+    # behind the SMTP side and the backlog cost CPU (new spool inodes, directory scans).
+    relay_concurrency: int = Field(default=20, gt=0)
     # Seconds between spool scans for entries written by other processes (e.g. `dsguard
     # quarantine release`); mail accepted by the gateway itself is relayed at once.
     relay_poll_interval: float = Field(default=10.0, gt=0)
