@@ -14,12 +14,22 @@ forms (``http://3232235777/``, ``http://0x7f.1/``) are read as the dotted addres
 
 SECURITY: bodies are attacker-controlled and may be megabytes of crafted text. The text pattern
 is a fixed prefix followed by one character class with nothing after it, so it cannot backtrack;
-trailing-punctuation trimming is linear. HTML goes through the stdlib ``html.parser``, which is
-robust to broken markup but quadratic in ``close()`` on unterminated constructs (CPython
-gh-135462: 295 s for ``'<a href=' * 50000`` on 3.11.7) and raises ``AssertionError`` on some
-``<![`` input; so the parser is only ever fed once and never closed, and an unterminated tail
-(which a browser drops too, HTML5 "EOF in tag") is searched as plain text instead. At most
-``limit`` URLs are collected, and parsing stops as soon as one more is seen.
+trailing-punctuation trimming is linear. HTML is read the way the stdlib ``html.parser`` reads it
+(``feed`` once, ``convert_charrefs``), which is robust to broken markup but quadratic in
+``close()`` on unterminated constructs (CPython gh-135462: 295 s for ``'<a href=' * 50000`` on
+3.11.7) and raises ``AssertionError`` on some ``<![`` input; so the parser is only ever fed once
+and never closed, and an unterminated tail (which a browser drops too, HTML5 "EOF in tag") is
+searched as plain text instead. At most ``limit`` URLs are collected, and parsing stops as soon
+as one more is seen.
+
+Most mail HTML is tokenized by ``_feed_fast``, a copy of ``HTMLParser.goahead`` for that mode
+which reads start tags with one pattern of possessive quantifiers (no backtracking) instead of
+the stdlib's per-tag regex round trips; comments, declarations, marked sections, processing
+instructions, script/style content and stray ``<`` follow the stdlib code step for step. At the
+first start or end tag outside that pattern (unusual quoting or names, ``</a b>``...) it hands
+the rest of the document, with its state, to ``html.parser``: each position is scanned a bounded
+number of times before that, so the work stays linear, and the results are the stdlib's
+(tests/unit/attachments/test_html_fast_path.py compares them with the parser-only reader).
 """
 
 from __future__ import annotations
@@ -344,8 +354,13 @@ class _LinkParser(HTMLParser):
         # join without a separator, as the reader sees them.
         if self._text:
             text = "".join(self._text)
-            self._text = []
-            if not _scan_text(text, self._collector):
+            self._text.clear()  # in place: _feed_fast appends to this list
+            # _scan_text finds nothing without "://" or a case-insensitive "www.": no other
+            # code point lower-cases or case-folds to "w", ".", ":" or "/" (most runs of text
+            # between tags have neither).
+            if ("://" in text or "www." in text.lower()) and not _scan_text(
+                text, self._collector
+            ):
                 raise _UrlLimitReachedError
 
     def unparsed_tail(self) -> str:
@@ -363,17 +378,209 @@ class _LinkParser(HTMLParser):
 def _scan_html(document: str, collector: _Collector) -> None:
     parser = _LinkParser(collector)
     try:
-        parser.feed(document)
-        # Never parser.close(): see SECURITY above. What feed() left unparsed is an
+        # Never parser.close(): see SECURITY above. What feeding left unparsed is an
         # unterminated construct at the end; browsers drop it, we still search its text.
+        tail = _feed_fast(parser, document)
         parser.flush_text()
-        tail = parser.unparsed_tail()
         if tail:
             _scan_text(html.unescape(tail), collector)
     except _UrlLimitReachedError:
         return
     except Exception:  # html.parser on hostile input: fall back to plain-text search
         _scan_text(html.unescape(document), collector)
+
+
+# --------------------------------------------------------------------------- HTML fast path
+# A text run, then a start tag in the common form or an end tag (html.parser's endtagfind).
+# Start tags: an ASCII name, attributes each preceded by ASCII whitespace, a plain name with an
+# optional double-quoted, single-quoted or bare value, then ">" or "/>". On such a tag every
+# html.parser pattern (locatestarttagend_tolerant, tagfind_tolerant, attrfind_tolerant) stops
+# where this one does, so it yields the same end, name, attributes and self-closing flag (a bare
+# value takes a "/" before ">" in both). The quantifiers are possessive and the pieces disjoint:
+# no backtracking, a failed attempt reads at most to the end of the document once.
+_WS = r"[ \t\n\r\f]"  # ASCII whitespace; html.parser's \s also takes \v, \x1c-\x1f, \xa0 ...
+_ATTRIBUTE_NAME = r"[a-zA-Z_:][-a-zA-Z0-9_:.]*+"
+_ATTRIBUTE_VALUE = r"\"[^\"]*+\"|'[^']*+'|[^\s\"'>=][^\s>]*+"
+_FAST_ATTRIBUTES = re.compile(rf"({_ATTRIBUTE_NAME})(?:{_WS}*+={_WS}*+({_ATTRIBUTE_VALUE}))?")
+_FAST_TOKEN = re.compile(
+    r"([^<]*+)(?:"
+    rf"<([a-zA-Z][-a-zA-Z0-9:_.]*+)"
+    rf"((?:{_WS}++{_ATTRIBUTE_NAME}(?:{_WS}*+={_WS}*+(?:{_ATTRIBUTE_VALUE}))?)*+)"
+    rf"{_WS}*+(/?)>"
+    r"|</\s*+([a-zA-Z][-.a-zA-Z0-9:_]*+)\s*+>"
+    r")?"
+)
+# A start tag that may carry a URL attribute (the names are ASCII here).
+_URL_ATTRIBUTE_HINT = re.compile("href|src|action|background", re.IGNORECASE)
+# html.parser and _markupbase patterns, for the constructs _feed_fast follows step for step.
+_ENDTAG = re.compile(r"</\s*([a-zA-Z][-.a-zA-Z0-9:_]*)\s*>")  # endtagfind
+_COMMENT_CLOSE = re.compile(r"--\s*>")
+_DECLARATION_NAME = re.compile(r"[a-zA-Z][-_.a-zA-Z0-9]*\s*")
+_MARKED_SECTION_CLOSE = re.compile(r"]\s*]\s*>")
+_MS_MARKED_SECTION_CLOSE = re.compile(r"]\s*>")
+_WHITESPACE_OR_SEMICOLON = re.compile(r"[\s;]")
+_CDATA_CLOSE = {
+    name: re.compile(rf"</\s*{name}\s*>", re.IGNORECASE) for name in ("script", "style")
+}
+_STANDARD_SECTIONS = frozenset(("temp", "cdata", "ignore", "include", "rcdata"))
+_MS_SECTIONS = frozenset(("if", "else", "endif"))
+_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _feed_fast(parser: _LinkParser, document: str) -> str:
+    """``parser.feed(document)`` without most of its per-token cost; returns the unparsed tail.
+
+    A transcription of CPython 3.11 ``HTMLParser.goahead(0)`` with ``convert_charrefs``: the
+    parser's handlers see what ``feed`` would have given them, except for tags whose handlers
+    would only flush the text buffer (no URL attribute, not script/style), which are done here.
+    A start tag outside ``_FAST_TOKEN`` or an end tag outside ``endtagfind`` is left to the
+    parser itself, with the rest of the document.
+    """
+    n = len(document)
+    text = parser._text  # the parser's buffer, flushed in place by its handlers
+    collector = parser._collector
+    token = _FAST_TOKEN.match
+    unescape = html.unescape
+    inline = _INLINE_ELEMENTS
+    hidden = _HIDDEN_TEXT_ELEMENTS
+    pos = 0
+    while True:
+        match = token(document, pos)
+        assert match is not None  # every part of the pattern is optional
+        run, name, attributes, slash, end_name = match.groups()
+        start = pos + len(run)  # the "<" after the run, or the end
+        if start == n:  # no "<" left: the last text run
+            if run:
+                # html.parser holds back a run that may end in half a character reference.
+                amp = document.rfind("&", max(pos, n - 34))
+                if amp >= 0 and not _WHITESPACE_OR_SEMICOLON.search(document, amp):
+                    return run
+                if not parser._hidden_depth:
+                    text.append(unescape(run) if "&" in run else run)
+            return ""
+        if run and not parser._hidden_depth:
+            text.append(unescape(run) if "&" in run else run)
+        if name is not None:  # start tag
+            pos = match.end()
+            tag = name.lower()
+            if tag in hidden or (
+                attributes and (tag == "meta" or _URL_ATTRIBUTE_HINT.search(attributes))
+            ):
+                # Only URL attributes and meta refresh are looked at (handle_starttag).
+                attrs = _fast_attributes(attributes) if attributes else []
+                if slash:
+                    parser.handle_startendtag(tag, attrs)
+                elif tag in _CDATA_CLOSE:  # script, style
+                    parser.handle_starttag(tag, attrs)
+                    pos = _skip_cdata(parser, document, pos, tag)
+                    if pos < 0:  # no end tag: html.parser leaves the content unparsed
+                        return document[~pos:]
+                else:
+                    parser.handle_starttag(tag, attrs)
+                continue
+        elif end_name is not None:  # end tag
+            pos = match.end()
+            tag = end_name.lower()
+            if tag in hidden:
+                parser.handle_endtag(tag)
+                continue
+        else:  # other markup at "<", in html.parser's order of tests
+            after = document[start + 1:start + 2]
+            if after in _ASCII_LETTERS or after == "/":
+                # A start or end tag in another form: html.parser reads the rest, in this state.
+                parser.feed(document[start:])
+                return parser.unparsed_tail()
+            if document.startswith("<!--", start):
+                found = _COMMENT_CLOSE.search(document, start + 4)
+                if found is None:
+                    return document[start:]
+                pos = found.end()
+            elif after == "?":
+                end = document.find(">", start + 2)
+                if end < 0:
+                    return document[start:]
+                pos = end + 1
+            elif after == "!":
+                pos = _skip_declaration(document, start)
+                if pos < 0:
+                    return document[start:]
+            elif start + 1 < n:
+                if not parser._hidden_depth:
+                    text.append("<")
+                pos = start + 1
+            else:
+                return "<"
+            continue
+        # A start, self-closing or end tag whose handlers would only flush the buffer (for
+        # all but inline elements): _LinkParser.flush_text, inlined.
+        if text and tag not in inline:
+            buffered = "".join(text)
+            text.clear()
+            if ("://" in buffered or "www." in buffered.lower()) and not _scan_text(
+                buffered, collector
+            ):
+                raise _UrlLimitReachedError
+
+
+def _fast_attributes(attributes: str) -> list[tuple[str, str | None]]:
+    """``attrfind_tolerant``'s reading of the attributes of a ``_FAST_TOKEN`` start tag."""
+    attrs: list[tuple[str, str | None]] = []
+    for attribute, raw in _FAST_ATTRIBUTES.findall(attributes):
+        value: str | None
+        if not raw:  # present values are never empty: quotes or a character
+            value = None
+        elif raw[0] == '"' or raw[0] == "'":
+            value = html.unescape(raw[1:-1])
+        else:
+            value = html.unescape(raw)
+        attrs.append((attribute.lower(), value))
+    return attrs
+
+
+def _skip_cdata(parser: _LinkParser, document: str, pos: int, tag: str) -> int:
+    """After ``<script>``/``<style>``: the end of its end tag, or ``~pos`` if there is none.
+
+    html.parser's CDATA mode: content (hidden text) runs to the next ``</tag>``; a candidate
+    that ``endtagfind`` does not read as that tag is content too.
+    """
+    close = _CDATA_CLOSE[tag]
+    while True:
+        found = close.search(document, pos)
+        if found is None:
+            return ~pos
+        end_tag = _ENDTAG.match(document, found.start())
+        pos = found.end()  # the first ">" after "</", where both matches end
+        if end_tag is not None and end_tag.group(1).lower() == tag:
+            parser.handle_endtag(tag)
+            return pos
+
+
+def _skip_declaration(document: str, start: int) -> int:
+    """The end of the ``<!`` construct at ``start`` (not a comment), or -1 if unterminated.
+
+    ``HTMLParser.parse_html_declaration``, with ``_LinkParser.parse_marked_section``.
+    """
+    if document.startswith("<![", start):
+        name_start = start + 3
+        found = _DECLARATION_NAME.match(document, name_start)
+        if name_start == len(document) or (found is not None and found.end() == len(document)):
+            return -1
+        if found is not None:
+            section = found.group().strip().lower()
+            close = (
+                _MARKED_SECTION_CLOSE if section in _STANDARD_SECTIONS
+                else _MS_MARKED_SECTION_CLOSE if section in _MS_SECTIONS
+                else None
+            )
+            if close is not None:
+                found = close.search(document, name_start)
+                return -1 if found is None else found.end()
+        # Rejected by the stdlib (AssertionError): a bogus comment.
+    elif document[start:start + 9].lower() == "<!doctype":
+        end = document.find(">", start + 9)
+        return -1 if end < 0 else end + 1
+    end = document.find(">", start + 2)  # bogus comment
+    return -1 if end < 0 else end + 1
 
 
 def _is_refresh(attrs: list[tuple[str, str | None]]) -> bool:
