@@ -12,17 +12,14 @@ address. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are looked up as IPv4.
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
 
 import iptocc
 
 from dsguard.mail.ipaddr import parse_ip
+from dsguard.mail.memo import adaptive_memo
 
 
-# Cached: a mailbox holds the same sending addresses again and again, and a lookup costs
-# several microseconds. The answer depends only on the bundled registry data.
-@lru_cache(maxsize=16384)
-def country_of(ip: str) -> str | None:
+def _lookup_country(ip: str) -> str | None:
     """ISO 3166 alpha-2 code of the registry record for ``ip`` ("PL"), or None.
 
     The RIR files occasionally use the reserved codes "EU" and "AP" for regional blocks; they
@@ -41,3 +38,9 @@ def country_of(ip: str) -> str | None:
     except ValueError:
         return None
     return code.upper() if code else None
+
+
+# Memoised: a mailbox from known senders holds the same sending addresses again and again, and
+# a lookup costs several microseconds. On mail from new senders they do not recur and the memo
+# stops storing (mail.memo). The answer depends only on the bundled registry data.
+country_of = adaptive_memo(_lookup_country, 16384)

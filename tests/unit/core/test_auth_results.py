@@ -97,3 +97,33 @@ def test_shared_segments_across_headers() -> None:
     assert first.results[0].comment == "message not signed"
     lone = parse_authentication_results("mx.example (comment; with semicolon); " + seg)
     assert lone.authserv_id == "mx.example" and lone.results == (first.results[0],)
+
+
+def test_received_spf_dict_is_the_callers_own() -> None:
+    # The parsed pairs are remembered: a caller changing its dict must not change the next one.
+    value = "Pass (comment) receiver=mx.contoso.com; client-ip=203.0.113.9; helo=a.contoso.com;"
+    first = parse_received_spf(value)[1]
+    first["client-ip"] = "changed"
+    del first["helo"]
+    assert parse_received_spf(value)[1] == {
+        "receiver": "mx.contoso.com",
+        "client-ip": "203.0.113.9",
+        "helo": "a.contoso.com",
+    }
+
+
+def test_received_spf_fields_that_never_recur_read_the_same_once_the_memo_stops_storing() -> None:
+    # Mail from ever new senders: every Received-SPF field is new, the memo stops storing
+    # (mail.memo), and the answers are those of the unmemoised parser.
+    from dsguard.auth import results
+
+    results._parse_received_spf.cache_clear()
+    try:
+        for i in range(3000):
+            ip = f"198.51.{i // 256}.{i % 256}"
+            spf = f"Pass (n{i}.example designates {ip} as permitted sender) client-ip={ip};"
+            assert parse_received_spf(spf) == ("pass", {"client-ip": ip})
+        info = results._parse_received_spf.cache_info()
+        assert not info.storing and info.currsize == 0
+    finally:
+        results._parse_received_spf.cache_clear()

@@ -44,3 +44,19 @@ def test_global_address_gives_a_two_letter_code() -> None:
     assert code is not None
     assert len(code) == 2
     assert code.isupper()
+
+
+def test_addresses_that_never_recur_are_not_kept() -> None:
+    # Mail from ever new senders: the memo stops storing (mail.memo) and still answers.
+    country_of.cache_clear()
+    try:
+        for i in range(3000):
+            assert country_of(f"10.{i // 256}.{i % 256}.1") is None
+        assert country_of("139.28.40.42") == "PL"
+        info = country_of.cache_info()
+        assert not info.storing and info.currsize == 0
+        country_of.cache_clear()
+        assert country_of("139.28.40.42") == "PL" == country_of("139.28.40.42")
+        assert country_of.cache_info().hits == 1
+    finally:
+        country_of.cache_clear()
