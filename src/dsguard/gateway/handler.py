@@ -60,7 +60,7 @@ from dsguard.policy.judge import (
     TEMPFAIL,
     Judgement,
     judge_message,
-    judge_without_attachments,
+    judge_on_loop,
 )
 from dsguard.policy.rds import decide_p1
 from dsguard.policy.relay import check_recipient, check_send_as
@@ -71,9 +71,6 @@ from dsguard.store.events import EventWriter, decision_event, decision_log_recor
 log = logging.getLogger("dsguard.gateway")
 
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
-# Messages up to this size are judged on the event loop when nothing can block (cached DNS,
-# no attachment to decode); a larger one is parsed in a thread so the loop never stalls on it.
-INLINE_MAX_BYTES = 256 * 1024
 BARE_NEWLINE = "550 5.5.2 Message rejected: bare <CR> or <LF> in message data (RFC 5321 2.3.8)"
 NO_MAIL_FROM = "503 5.5.1 Error: need MAIL command"
 # Postfix's wording when SASL is off; AUTH belongs to the submission listener.
@@ -332,15 +329,10 @@ class GatewayHandler:
         # to a thread. Otherwise (a cache miss, an attachment, an error) that work is thrown
         # away and everything is done in one worker-thread trip, as before. Analysis in a
         # thread competes with the loop for the GIL on every message.
-        inline: Judgement | None = None
-        if len(raw) <= INLINE_MAX_BYTES:
-            with Resolver.cache_only() as probe:
-                try:
-                    inline = judge_without_attachments(rt.engine, rt.resolver, rt.config, env, raw)
-                except Exception:  # done again in the thread, where a fault answers 451
-                    inline = None
-            if probe.missed:
-                inline = None
+        attempt = judge_on_loop(rt.engine, rt.resolver, rt.config, env, raw)
+        # An error is not answered from here: it is done again in the thread, where a fault
+        # answers 451.
+        inline = attempt.judgement if attempt is not None else None
         if inline is not None:
             judged = inline
             stamped, queue_id, to_spool = self._stamp_judged(rt, env, txn, judged)

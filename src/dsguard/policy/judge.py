@@ -30,6 +30,10 @@ from dsguard.model import Envelope, RdsDecision, Verdict
 # text, in policy.rds). An internal fault is never a permanent 5xx (design contract).
 TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 MALICIOUS_REJECT = "550 5.7.1 Message rejected as malicious by policy"
+# Messages up to this size may be judged on an event loop (judge_on_loop): that saves the hand-
+# off to a thread and back, two wake-ups per message. A larger one is parsed in a thread so the
+# loop (every other session on it) never stalls on it.
+INLINE_MAX_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,45 @@ def judge_without_attachments(
     mail without them on its event loop (with DNS answered from the cache only) and the rest
     in a thread."""
     return _judge(engine, resolver, config, env, raw, truncated, size, attachments=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoopAttempt:
+    """What :func:`judge_on_loop` got: the judgement, or the exception the analysis raised."""
+
+    judgement: Judgement | None
+    error: Exception | None
+
+
+def judge_on_loop(
+    engine: Engine,
+    resolver: Resolver | None,
+    config: Config,
+    env: Envelope,
+    raw: bytes,
+    *,
+    truncated: bool = False,
+    size: int | None = None,
+) -> LoopAttempt | None:
+    """:func:`judge_without_attachments` where nothing may block (an event loop): DNS is answered
+    from the resolver's cache only. None when the message must be judged in a thread instead
+    (over ``INLINE_MAX_BYTES``, an attachment for the decoder child, or a DNS answer not in the
+    cache: the partial work is thrown away). The gateway and the milter both use it; what a
+    caller does with ``error`` (answer it, or try again in a thread) is its own policy."""
+    if len(raw) > INLINE_MAX_BYTES:
+        return None
+    judgement: Judgement | None = None
+    error: Exception | None = None
+    with Resolver.cache_only() as probe:
+        try:
+            judgement = judge_without_attachments(
+                engine, resolver, config, env, raw, truncated=truncated, size=size
+            )
+        except Exception as exc:
+            error = exc
+    if probe.missed or (judgement is None and error is None):
+        return None
+    return LoopAttempt(judgement, error)
 
 
 def _judge(

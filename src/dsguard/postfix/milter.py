@@ -33,7 +33,7 @@ closes that connection only (Postfix then applies ``milter_default_action``); an
 connection is closed after ``IDLE_TIMEOUT``; connections are capped at ``MAX_CONNECTIONS``.
 Any internal fault answers tempfail, never a permanent reject. The analysis runs on the event
 loop only when nothing in it can block (every DNS answer cached, no attachment for the engine's
-decoder child, at most ``INLINE_MAX_BYTES``); otherwise in a worker thread, and meanwhile the
+decoder child, at most ``policy.judge.INLINE_MAX_BYTES``); otherwise in a worker thread, and meanwhile the
 milter reads nothing more from that connection and sends SMFIR_PROGRESS so Postfix's
 ``milter_content_timeout`` does not fire.
 
@@ -79,7 +79,7 @@ from dsguard.policy.judge import (
     TEMPFAIL,
     Judgement,
     judge_message,
-    judge_without_attachments,
+    judge_on_loop,
 )
 from dsguard.policy.rds import decide_p1
 from dsguard.postfix import milter_protocol as mp
@@ -93,10 +93,6 @@ PROGRESS_INTERVAL = 10.0  # well inside Postfix's milter_content_timeout (300 s)
 MAX_CONNECTIONS = 1000  # one per SMTP session; Postfix's default smtpd limit is 100
 MAX_OWN_FIELD_EDITS = 100
 ANALYSTS = 4  # threads for the end-of-message analysis (DNS lookups and the engine block)
-# Messages up to this size are judged on the event loop when nothing blocks (cached DNS, no
-# attachment): that saves the hand-off to a thread and back, two wake-ups per message. A
-# larger one is parsed in a thread so the loop never stalls on it.
-INLINE_MAX_BYTES = 256 * 1024
 TOO_MANY_FORGED = "451 4.7.0 Too many header fields claiming to be ours, try again later"
 
 WANTED_ACTIONS = mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_QUARANTINE | mp.SMFIF_SETSYMLIST
@@ -707,27 +703,15 @@ class MilterSession(asyncio.Protocol):
             return
         rt = self.runtime
         raw = txn.message()
-        if len(raw) <= INLINE_MAX_BYTES:
-            # On the loop when nothing in it can block: DNS from the cache only, no attachment
-            # for the engine's decoder child. Else (rarely: a sender's first message, a TTL
-            # run out, an attachment) the work is thrown away and done again in a thread.
-            with Resolver.cache_only() as probe:
-                try:
-                    inline = judge_without_attachments(
-                        rt.engine,
-                        rt.resolver,
-                        rt.config,
-                        env,
-                        raw,
-                        truncated=txn.truncated,
-                        size=txn.size,
-                    )
-                    error: BaseException | None = None
-                except Exception as exc:
-                    inline, error = None, exc
-            if not probe.missed and (inline is not None or error is not None):
-                self._answer(env, txn, queue_id, rt, inline, error)
-                return
+        # On the loop when nothing in it can block: DNS from the cache only, no attachment for
+        # the engine's decoder child. Else (rarely: a sender's first message, a TTL run out, an
+        # attachment) the work is thrown away and done again in a thread.
+        attempt = judge_on_loop(
+            rt.engine, rt.resolver, rt.config, env, raw, truncated=txn.truncated, size=txn.size
+        )
+        if attempt is not None:
+            self._answer(env, txn, queue_id, rt, attempt.judgement, attempt.error)
+            return
         work = functools.partial(
             judge_message,
             rt.engine,

@@ -15,6 +15,7 @@ import pytest
 
 from dsguard.auth.resolver import DnsTempError, Resolver
 from dsguard.config import Config, load_config
+from dsguard.policy import judge
 from dsguard.postfix import milter
 from dsguard.postfix import milter_protocol as mp
 from dsguard.postfix.policyd import (
@@ -204,7 +205,7 @@ def test_milter_progress_while_the_analysis_runs(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(milter, "judge_message", slow_judge)
     # as if the message had an attachment: the analysis goes to a thread
-    monkeypatch.setattr(milter, "judge_without_attachments", lambda *_a, **_k: None)
+    monkeypatch.setattr(judge, "judge_without_attachments", lambda *_a, **_k: None)
 
     async def run() -> bytes:
         server = milter.MilterServer(_config(), None)
@@ -256,7 +257,7 @@ def _one_message(server: milter.MilterServer) -> list[tuple[bytes, bytes]]:
 
 def test_the_analysis_runs_on_the_loop_when_nothing_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
-    real = milter.judge_without_attachments
+    real = judge.judge_without_attachments
 
     def inline(*args: object, **kwargs: object) -> object:
         threads.append(threading.current_thread().name)
@@ -265,7 +266,7 @@ def test_the_analysis_runs_on_the_loop_when_nothing_blocks(monkeypatch: pytest.M
     def in_thread(*_args: object, **_kwargs: object) -> object:
         raise AssertionError("not expected in a thread")
 
-    monkeypatch.setattr(milter, "judge_without_attachments", inline)
+    monkeypatch.setattr(judge, "judge_without_attachments", inline)
     monkeypatch.setattr(milter, "judge_message", in_thread)
     replies = _one_message(milter.MilterServer(_config(), None))
     assert threads == ["MainThread"]
@@ -289,7 +290,7 @@ def test_a_dns_answer_not_in_the_cache_sends_the_analysis_to_a_thread(
         threads.append(threading.current_thread().name)
         raise RuntimeError("judged in a thread, and broken")
 
-    monkeypatch.setattr(milter, "judge_without_attachments", inline)
+    monkeypatch.setattr(judge, "judge_without_attachments", inline)
     monkeypatch.setattr(milter, "judge_message", in_thread)
     replies = _one_message(milter.MilterServer(_config(), None))
     assert threads[0] == "inline" and threads[1].startswith("dsguard-analyst-")
