@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from tests.fixtures.gateway import free_port
 from tests.fixtures.ledger import Ledger, numbered, send_until_acknowledged
-from tests.fixtures.processes import alive, json_records, wait_gone
+from tests.fixtures.processes import alive, json_records, wait_for_record, wait_gone
 from tests.fixtures.smtpsink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -102,14 +102,7 @@ url = "sqlite:///{root / "dsguard.sqlite3"}"
         return json_records(self.log_path.read_text(errors="replace").splitlines())
 
     def wait_for(self, match: Any, count: int = 1) -> dict[str, Any]:
-        deadline = time.monotonic() + WAIT
-        while True:
-            found = [r for r in self.records() if match(r)]
-            if len(found) >= count:
-                return found[-1]
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"waited in vain; log:\n{self.log_tail()}")
-            time.sleep(0.05)
+        return wait_for_record(self.log_path, self.proc, match, count, WAIT)
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.fixtures.gateway import to_toml
-from tests.fixtures.processes import json_records, wait_gone
+from tests.fixtures.processes import json_records, wait_for_record, wait_gone
 from tests.integration.postfix.test_pf_milter_protocol import RDS_REPLY, Mta
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -71,14 +70,7 @@ class Workers:
         return json_records(self.log_path.read_text(errors="replace").splitlines())
 
     def wait_for(self, match: Any, count: int = 1, timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [r for r in self.records() if match(r)]
-            if len(found) >= count:
-                return found[-1]
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"waited in vain; log:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
+        return wait_for_record(self.log_path, self.proc, match, count, timeout)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
