@@ -9,14 +9,61 @@ adjacent and missing delimiters, bare CRs, odd part headers, nested parts.
 """
 
 import base64
+from email.message import Message
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsguard.config import load_config
-from dsguard.mail.message import Body, ParsedMessage, _collect
+from dsguard.config import Limits, load_config
+from dsguard.mail.message import Attachment, Body, ParsedMessage, _part_filename, _payload
 
 LIMITS = load_config(None).limits
+
+
+def reference_collect(root: Message, body: Body, limits: Limits) -> None:
+    """``message._collect`` before part header facts were remembered: every fact read from
+    the parsed part by the stdlib's own methods. Kept here, apart from the code under test, so
+    a wrong remembered fact (content type, disposition, file name, charset, defects) shows."""
+    stack: list[tuple[Message, int]] = [(root, 0)]
+    parts = 0
+    text_budget = limits.max_text_bytes
+    for defect in getattr(root, "defects", []):
+        body.defects.append(type(defect).__name__)
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if parts > limits.max_mime_parts:
+            body.limit_hits.append(("LIMIT_MIME_PARTS", f"more than {limits.max_mime_parts} parts"))
+            return
+        if depth > limits.max_mime_depth:
+            body.limit_hits.append(("LIMIT_MIME_DEPTH", f"deeper than {limits.max_mime_depth}"))
+            continue
+        for defect in getattr(part, "defects", []) if part is not root else []:
+            body.defects.append(type(defect).__name__)
+        if part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, Message))
+            continue
+        ctype = part.get_content_type().lower()
+        disposition = (part.get("content-disposition") or "").split(";")[0].strip().lower()
+        filename = _part_filename(part)
+        if ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename:
+            data, _ = _payload(part, max(text_budget, 0))
+            if not data:
+                continue
+            text_budget -= len(data)
+            charset = part.get_content_charset() or "utf-8"
+            try:
+                text = data.decode(charset, "replace")
+            except LookupError:
+                text = data.decode("utf-8", "replace")
+            (body.htmls if ctype == "text/html" else body.texts).append(text)
+            continue
+        data, size = _payload(part, limits.max_attachment_bytes)
+        body.attachments.append(
+            Attachment(filename, ctype, data, size, inline=disposition == "inline")
+        )
 
 
 def reference(msg: ParsedMessage) -> Body:
@@ -25,7 +72,7 @@ def reference(msg: ParsedMessage) -> Body:
     if not msg.has_body or msg._single_text_part(body):
         return body
     try:
-        _collect(msg._mime_root(), body, msg.limits)
+        reference_collect(msg._mime_root(), body, msg.limits)
     except RecursionError:
         body.defects.append("MIME nesting too deep for the parser")
         body.limit_hits.append(("LIMIT_MIME_DEPTH", "parser recursion limit"))
