@@ -1,7 +1,8 @@
 """Benchmark what dsguard's policy server and milter cost a Postfix, on one machine, in one run.
 
     .venv/bin/python bench/postfix.py [--duration 8] [--warmup 2] [--concurrency 1,10,50]
-        [--modes transaction,session] [--scenarios postfix,policyd,milter,both]
+        [--modes transaction,session] [--scenarios postfix,policyd,milter,both,nullmilter]
+        [--no-breakdown]
 
 Must run as root (Postfix's master runs as root). Starts, all on 127.0.0.1:
 
@@ -12,12 +13,21 @@ Must run as root (Postfix's master runs as root). Starts, all on 127.0.0.1:
   config: ``reject_direct_send = "on"``, accepted domain contoso.com, ``[gateway]
   dns_servers`` = the nsd, events to SQLite in the temp dir; everything else the shipped
   defaults);
-- four throwaway Postfix instances (``tests.fixtures.postfix.PostfixInstance`` lists every
-  step), identical except for the README's "Protect a Postfix server" main.cf block:
-  ``postfix`` = the block without the policy service and the milter (the baseline:
+- a null milter (``NullMilter``, a process of its own) when a scenario uses it: it negotiates
+  exactly what ``dsguard milter`` negotiates (actions, protocol steps, macro lists) and
+  answers every event at once (CONTINUE, ACCEPT at the end of message), so that Postfix has
+  the same conversation at the least cost any milter could have;
+- one throwaway Postfix instance per scenario (``tests.fixtures.postfix.PostfixInstance``
+  lists every step), identical except for the README's "Protect a Postfix server" main.cf
+  block: ``postfix`` = the block without the policy service and the milter (the baseline:
   ``permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination``), ``policyd`` =
   with ``check_policy_service``, ``milter`` = with ``smtpd_milters`` (and
-  ``milter_default_action = tempfail``), ``both`` = the whole block. The load comes from
+  ``milter_default_action = tempfail``), ``both`` = the whole block, ``nullmilter`` = the
+  milter lines pointing at the null milter (the ceiling: what the milter protocol alone costs
+  this Postfix), ``nullhdrs`` (not run by default) = the null milter also inserting three
+  header fields the size of dsguard's (what the header edits cost Postfix's cleanup). The
+  "milter/policyd CPU" column is the CPU of the daemons a scenario uses (for ``nullmilter``:
+  the null milter's). The load comes from
   127.0.0.1, which is outside ``mynetworks`` (else ``permit_mynetworks`` would skip the policy
   server); anvil's per-client connection limit is lifted (all load comes from one IP).
 
@@ -37,8 +47,9 @@ replayed from this process at 10 connections: its CPU per message without Postfi
 the cores), and in this process the milter's end-of-message work
 (``policy.judge.judge_message`` on the newsletter: without DNS, with DNS and no cache, with
 DNS answered from the resolver's TTL cache as in the milter) and the event row it
-stores per message; the rest of the milter's CPU per message (the "dsguard CPU" column) is the
-protocol, asyncio and the hand-offs to worker threads.
+stores per message; the rest of the milter's CPU per message (the "milter/policyd CPU"
+column) is the protocol, asyncio and the hand-offs to worker threads. ``--no-breakdown``
+skips this part.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,12 +100,19 @@ from tests.fixtures.smtpsink import SmtpSink  # noqa: E402
 
 HOST = "127.0.0.1"
 RCPTS = ("joe@contoso.com", "ann@contoso.com")
-SCENARIOS = {  # name -> (policy server, milter)
-    "postfix": (False, False),
-    "policyd": (True, False),
-    "milter": (False, True),
-    "both": (True, True),
+SCENARIOS: dict[str, tuple[bool, str | None]] = {  # name -> (policy server, which milter)
+    "postfix": (False, None),
+    "policyd": (True, None),
+    "milter": (False, "dsguard"),
+    "both": (True, "dsguard"),
+    # The ceiling: the same Postfix and main.cf block, the milter replaced by one that
+    # negotiates what dsguard's does and answers at once (NullMilter).
+    "nullmilter": (False, "null"),
+    # ... and that also inserts header fields like the ones dsguard adds to the newsletter:
+    # what the header edits alone cost Postfix's cleanup.
+    "nullhdrs": (False, "nullhdrs"),
 }
+DEFAULT_SCENARIOS = ("postfix", "policyd", "milter", "both", "nullmilter")
 POLICY_REQUEST = (
     "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
     "client_address={ip}\nclient_name=unknown\nhelo_name=mail.example.org\n"
@@ -114,8 +133,6 @@ class MilterDaemon(DsguardDaemon):
         if self.workers == 1:
             super().start()
             return self
-        import subprocess
-
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dsguard", "milter", "--config", str(self.config),
@@ -150,7 +167,120 @@ class BenchDnsServer(DnsServer):
         )
 
 
-def main_cf_block(policyd: DsguardDaemon | None, milter: DsguardDaemon | None) -> str:
+# Header fields the size of those dsguard inserts for the newsletter (Authentication-Results,
+# X-Dsguard-Verdict, X-Dsguard-Findings), for the "nullhdrs" scenario.
+NULL_HEADERS = (
+    ("Authentication-Results", " mx.contoso.com; spf=pass smtp.mailfrom=example.org; "
+     "dkim=none; dmarc=none header.from=example.org; iprev=fail"),
+    ("X-Dsguard-Verdict", " clean; score=0; direct_send=no; attribution=none"),
+    ("X-Dsguard-Findings", " NEWSLETTER_BULK, LINK_TRACKING"),
+)
+
+
+def serve_null_milter(with_headers: bool) -> None:
+    """The null milter's process: negotiates exactly what ``dsguard milter`` negotiates (its
+    WANTED_ACTIONS, WANTED_PROTOCOL and MACRO_LISTS, the same code path as
+    ``MilterSession.negotiate``), then answers every event that expects a reply at once:
+    CONTINUE, and at the end of message ACCEPT (after NULL_HEADERS as SMFIR_INSHEADER at 0 when
+    ``with_headers``). No parsing beyond the packet framing, no analysis, no records: what any
+    milter needs at least. Prints its port, then serves until killed."""
+    from dsguard.postfix import milter as dm
+    from dsguard.postfix import milter_protocol as mp
+
+    optneg, bodyeob, quit_ = mp.SMFIC_OPTNEG[0], mp.SMFIC_BODYEOB[0], mp.SMFIC_QUIT[0]
+    eom_reply = b"".join(
+        mp.insert_header(0, name, value.encode()) for name, value in reversed(NULL_HEADERS)
+    ) if with_headers else b""
+    eom_reply += mp.ACCEPT
+
+    class Null(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buf = bytearray()
+            self.protocol = 0
+            self.transport: asyncio.Transport | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            buf = self.buf
+            buf += data
+            out = []
+            pos = 0
+            while len(buf) - pos >= 5:
+                length = int.from_bytes(buf[pos : pos + 4], "big")
+                end = pos + 4 + length
+                if end > len(buf):
+                    break
+                command = buf[pos + 4]
+                if command == optneg:
+                    offer = mp.decode_optneg(bytes(buf[pos + 5 : end]))
+                    assert not isinstance(offer, mp.Malformed)
+                    actions = dm.WANTED_ACTIONS & offer.actions
+                    self.protocol = dm.WANTED_PROTOCOL & offer.protocol
+                    macros = dm.MACRO_LISTS if actions & mp.SMFIF_SETSYMLIST else None
+                    out.append(mp.optneg_reply(min(offer.version, 6), actions, self.protocol, macros))
+                elif command == bodyeob:
+                    out.append(eom_reply)
+                elif command == quit_:
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
+                else:
+                    flag = dm._NO_REPLY_FLAG.get(command)
+                    if flag is not None and not self.protocol & flag:
+                        out.append(mp.CONTINUE)
+                pos = end
+            del buf[:pos]
+            if out and self.transport is not None:
+                self.transport.write(b"".join(out))
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Null, HOST, 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+class NullMilter:
+    """``serve_null_milter`` in a process (and session) of its own, so its CPU is counted
+    apart from Postfix's and from the load generator's."""
+
+    def __init__(self, with_headers: bool = False) -> None:
+        self.with_headers = with_headers
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"inet:{HOST}:{self.port}"
+
+    def start(self) -> NullMilter:
+        flag = "--serve-null-milter-headers" if self.with_headers else "--serve-null-milter"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), flag],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the null milter did not start: {line!r}")
+        self.port = int(line)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def main_cf_block(policyd: DsguardDaemon | None, milter: DsguardDaemon | NullMilter | None) -> str:
     """The README's block, without the policy service and/or the milter lines."""
     block = readme_main_cf(
         policyd.address if policyd else README_POLICYD, milter.address if milter else README_MILTER
@@ -257,7 +387,7 @@ async def _load(run: Run, port: int, warmup: float, duration: float) -> None:
 def measure(
     name: str,
     postfix: PostfixInstance,
-    daemons: list[DsguardDaemon],
+    daemons: list[DsguardDaemon | NullMilter],
     concurrency: int,
     mode: str,
     args: argparse.Namespace,
@@ -472,7 +602,7 @@ def print_report(runs: list[Run], levels: list[int], modes: list[str]) -> None:
     by_key = {(r.label, r.mode, r.concurrency): r for r in runs}
     print(
         "\n| mode | scenario | c | msgs/s | p50 ms | p99 ms | RCPT p50 ms | RCPT p99 ms | "
-        "delivered msgs/s | Postfix CPU ms/msg | dsguard CPU ms/msg | machine busy |"
+        "delivered msgs/s | Postfix CPU ms/msg | milter/policyd CPU ms/msg | machine busy |"
     )
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for mode in modes:
@@ -502,7 +632,7 @@ def print_report(runs: list[Run], levels: list[int], modes: list[str]) -> None:
                     f"p99 {(pol.rcpt_pct(0.99) - base.rcpt_pct(0.99)) * 1000:+.2f} ms, "
                     f"msgs/s {pol.rate / base.rate:.2f}x"
                 )
-            for name in ("milter", "both"):
+            for name in ("milter", "both", "nullmilter", "nullhdrs"):
                 r = by_key.get((name, mode, c))
                 if r is not None:
                     delivered = (
@@ -522,10 +652,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds per run")
     ap.add_argument("--concurrency", default="1,10,50")
     ap.add_argument("--modes", default="transaction,session")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument(
+        "--scenarios", default=",".join(DEFAULT_SCENARIOS), help=f"of {', '.join(SCENARIOS)}"
+    )
+    # Internal: the null milter's own process (see NullMilter).
+    ap.add_argument("--serve-null-milter", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-null-milter-headers", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--milter-workers", type=int, default=1, help="dsguard milter --workers N")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    ap.add_argument(
+        "--no-breakdown", action="store_true", help="skip 'where the time goes' after the runs"
+    )
     args = ap.parse_args()
+    if args.serve_null_milter or args.serve_null_milter_headers:
+        serve_null_milter(with_headers=args.serve_null_milter_headers)
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
     chosen = [s for s in SCENARIOS if s in args.scenarios.split(",")]
@@ -567,10 +708,20 @@ def main() -> None:
         stack.callback(policyd.stop)
         milter = MilterDaemon(config, tmp, args.milter_workers).start()
         stack.callback(milter.stop)
-        instances: dict[str, tuple[PostfixInstance, list[DsguardDaemon]]] = {}
+        milters: dict[str, DsguardDaemon | NullMilter] = {"dsguard": milter}
+        for kind in ("null", "nullhdrs"):
+            if not any(SCENARIOS[name][1] == kind for name in chosen):
+                continue
+            null = NullMilter(with_headers=kind == "nullhdrs").start()
+            stack.callback(null.stop)
+            milters[kind] = null
+        instances: dict[str, tuple[PostfixInstance, list[DsguardDaemon | NullMilter]]] = {}
         for name in chosen:
-            with_policyd, with_milter = SCENARIOS[name]
-            used = [d for d, on in ((policyd, with_policyd), (milter, with_milter)) if on]
+            with_policyd, milter_kind = SCENARIOS[name]
+            chosen_milter = milters[milter_kind] if milter_kind else None
+            used: list[DsguardDaemon | NullMilter] = [policyd] if with_policyd else []
+            if chosen_milter is not None:
+                used.append(chosen_milter)
             try:
                 instance = PostfixInstance(
                     tmp / f"postfix-{name}",
@@ -580,9 +731,7 @@ def main() -> None:
                         "mynetworks": "127.0.0.254/32",
                         "smtpd_client_connection_count_limit": "0",
                     },
-                    extra=main_cf_block(
-                        policyd if with_policyd else None, milter if with_milter else None
-                    ),
+                    extra=main_cf_block(policyd if with_policyd else None, chosen_milter),
                 ).start()
             except PostfixUnavailableError as exc:
                 raise SystemExit(f"bench/postfix.py: {exc}") from None
@@ -616,14 +765,15 @@ def main() -> None:
             key = f"{record['decision']}/{record.get('verdict', '-')}"
             decisions[key] = decisions.get(key, 0) + 1
         print(f"\nmilter decisions logged: {decisions}")
-        print("\nwhere the time goes:")
-        costs = (
-            policy_alone(policyd)
-            + milter_alone(milter)
-            + judge_cost(dns.nameserver())
-            + event_cost(tmp)
-        )
-        for label, figure in costs:
+        if not args.no_breakdown:
+            print("\nwhere the time goes:")
+            costs = (
+                policy_alone(policyd)
+                + milter_alone(milter)
+                + judge_cost(dns.nameserver())
+                + event_cost(tmp)
+            )
+        for label, figure in [] if args.no_breakdown else costs:
             print(f"  {label:55} {figure}")
     if args.keep:
         print(f"\nkept {tmp}")
