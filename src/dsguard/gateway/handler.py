@@ -1,4 +1,4 @@
-"""The gateway's SMTP decisions: an aiosmtpd handler over dsguard's policy and engine.
+"""The gateway's SMTP decisions: the SMTP server's handler over dsguard's policy and engine.
 
 Per transaction:
 
@@ -30,17 +30,17 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
-
-from aiosmtpd.smtp import MISSING, SMTP, Session
-from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from dsguard.auth.resolver import Resolver
 from dsguard.config import Config
 from dsguard.engine import Engine
 from dsguard.gateway.headers import fold, received_header, verdict_fields
 from dsguard.gateway.relay import Relay
+from dsguard.gateway.smtpserver import Envelope as SmtpEnvelope
+from dsguard.gateway.smtpserver import Session, SmtpSession
 from dsguard.gateway.spool import Spool, SpoolEntry
 from dsguard.intel.geo import country_of
 from dsguard.mail.addresses import domain_of
@@ -158,7 +158,9 @@ def _auth_user(session: Session) -> str | None:
 
 
 class GatewayHandler:
-    """aiosmtpd handler. One instance serves every session; ``runtime`` can be swapped."""
+    """The SMTP server's handler (``smtpserver.Handler``: aiosmtpd's hook names; only DATA,
+    and MAIL of an authenticated user, wait for anything). One instance serves every session;
+    ``runtime`` can be swapped."""
 
     def __init__(self, runtime: Runtime, *, submission: bool = False) -> None:
         self.runtime = runtime
@@ -188,41 +190,43 @@ class GatewayHandler:
         )
 
     # -- SMTP hooks -----------------------------------------------------------------------------
-    async def handle_exception(self, error: Exception) -> str:
+    def handle_exception(self, error: Exception) -> str:
         # Design contract: an internal fault is a temporary failure, never a permanent 5xx.
         log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
         return TEMPFAIL
 
-    async def handle_EHLO(  # noqa: N802 -- aiosmtpd hook name (5-argument form)
+    def handle_EHLO(  # noqa: N802 -- aiosmtpd's hook name (5-argument form)
         self,
-        server: SMTP,
+        server: SmtpSession,
         session: Session,
         envelope: SmtpEnvelope,
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        session.host_name = hostname  # the 5-argument hook must set it (aiosmtpd docs)
+        session.host_name = hostname  # the hook sets it (as aiosmtpd's 5-argument hook must)
         if self.submission:
             return responses
-        # aiosmtpd advertises AUTH after STARTTLS on every listener, but the MX listener has
+        # The server advertises AUTH after STARTTLS on every listener, but the MX listener has
         # no authenticator: every attempt would fail with 535, and an MTA that has SASL
         # credentials for this host would defer or bounce its mail. Do not offer it.
         return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
-    async def handle_AUTH(  # noqa: N802 -- aiosmtpd hook name
-        self, server: SMTP, session: Session, envelope: SmtpEnvelope, args: list[str]
-    ) -> object:
-        # MISSING: aiosmtpd runs its own AUTH exchange (the submission listener).
-        return MISSING if self.submission else AUTH_NOT_HERE
+    def handle_AUTH(  # noqa: N802 -- aiosmtpd's hook name
+        self, server: SmtpSession, session: Session, envelope: SmtpEnvelope, args: list[str]
+    ) -> str | None:
+        # None: the server runs the AUTH exchange (the submission listener).
+        return None if self.submission else AUTH_NOT_HERE
 
-    async def handle_MAIL(  # noqa: N802 -- aiosmtpd hook name
+    def handle_MAIL(  # noqa: N802 -- aiosmtpd's hook name
         self,
-        server: SMTP,
+        server: SmtpSession,
         session: Session,
         envelope: SmtpEnvelope,
         address: str,
         mail_options: list[str],
-    ) -> str:
+    ) -> str | Awaitable[str]:
+        """The reply, or (an authenticated user: the send-as list is in the database) an
+        awaitable of it."""
         rt = self.runtime
         txn = Transaction()
         self._transactions[id(session)] = txn
@@ -230,19 +234,34 @@ class GatewayHandler:
         attribution = attribute(env, rt.config.connectors)
         txn.attribution = attribution
         if attribution.kind is AttributionKind.AUTHENTICATED:
-            user = attribution.name or ""
-            allowed = await asyncio.to_thread(_send_as, rt.store, user)
-            refusal = check_send_as(address, user, allowed)
-            if refusal:
-                self._log_decision(env, attribution, "refused", reason="send-as", mail_from=address)
-                return refusal
+            return self._mail_as(envelope, env, attribution, address, mail_options)
+        return self._mail_accepted(envelope, address, mail_options)
+
+    async def _mail_as(
+        self,
+        envelope: SmtpEnvelope,
+        env: Envelope,
+        attribution: Attribution,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        user = attribution.name or ""
+        allowed = await asyncio.to_thread(_send_as, self.runtime.store, user)
+        refusal = check_send_as(address, user, allowed)
+        if refusal:
+            self._log_decision(env, attribution, "refused", reason="send-as", mail_from=address)
+            return refusal
+        return self._mail_accepted(envelope, address, mail_options)
+
+    @staticmethod
+    def _mail_accepted(envelope: SmtpEnvelope, address: str, mail_options: list[str]) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(  # noqa: N802 -- aiosmtpd hook name
+    def handle_RCPT(  # noqa: N802 -- aiosmtpd's hook name
         self,
-        server: SMTP,
+        server: SmtpSession,
         session: Session,
         envelope: SmtpEnvelope,
         address: str,
@@ -293,15 +312,13 @@ class GatewayHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(  # noqa: N802 -- aiosmtpd hook name
-        self, server: SMTP, session: Session, envelope: SmtpEnvelope
+    async def handle_DATA(  # noqa: N802 -- aiosmtpd's hook name
+        self, server: SmtpSession, session: Session, envelope: SmtpEnvelope
     ) -> str:
         txn = self._txn(session)
         if txn.attribution is None or not envelope.rcpt_tos:
             return "503 5.5.1 Error: need RCPT command"
         raw = envelope.original_content or b""
-        if isinstance(raw, str):  # decode_data=False keeps bytes; be defensive
-            raw = raw.encode("utf-8", "surrogateescape")
         env = self._envelope(session, envelope)
         if has_bare_newline(raw):
             self._record(

@@ -10,35 +10,28 @@ With ``[gateway] workers`` > 1 this is one worker process of several (dsguard.wo
 listening sockets come from the supervisor, it claims into its own spool slot and never runs
 ``Spool.recover`` (the supervisor did, before starting the workers).
 
-SECURITY: limits per session and per client IP are enforced here (concurrent sessions, whole
-session time, idle time, command count, message size, line length; aiosmtpd itself drops a
-client after five unknown commands and answers 500 to lines over RFC 5321's limits, and
-``smtpdata.BlockDataSMTP`` enforces the same size and line limits on DATA with the same
-replies) and AUTH
-failures are throttled per IP. Passwords never reach a log line.
+SECURITY: limits per session and per client IP are enforced by the SMTP protocol
+(``smtpserver.SmtpSession``: concurrent sessions, whole session time, idle time, command count,
+unrecognised commands, message size, line length; see its docstring) and AUTH failures are
+throttled per IP here. Passwords never reach a log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
 
 from dsguard.auth.resolver import Resolver
 from dsguard.config import Config, load_config
@@ -46,7 +39,14 @@ from dsguard.engine import Engine
 from dsguard.errors import ConfigError
 from dsguard.gateway.handler import GatewayHandler, Runtime
 from dsguard.gateway.relay import Relay, RetryPolicy, parse_downstream
-from dsguard.gateway.smtpdata import BlockDataSMTP
+from dsguard.gateway.smtpserver import (
+    AuthResult,
+    ConnectionGate,
+    LoginPassword,
+    Session,
+    SmtpSession,
+    SmtpSettings,
+)
 from dsguard.gateway.spool import Spool
 from dsguard.store import repository as repo
 from dsguard.store.db import Store, open_store
@@ -54,10 +54,6 @@ from dsguard.store.events import EventWriter
 
 log = logging.getLogger("dsguard.gateway")
 
-TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
-SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
-SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 AUTH_THROTTLED = "454 4.7.0 Too many authentication failures, try again later"
 # [gateway] keys a reload cannot apply (sockets, spool, TLS, relay and processes are set up
 # once at start); storage.url neither.
@@ -70,14 +66,6 @@ RESTART_KEYS = (
     "tls_client_ca",
     "downstream",
     "workers",
-)
-
-# <dot-atom@dot-atom-domain> followed by the end or parameters: the everyday MAIL/RCPT
-# argument, for which aiosmtpd's full RFC 5322 parse (_getaddr) gives the address unchanged.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH = re.compile(
-    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>[ \t]*(?=[^ \t(\r\n]|\Z)"
 )
 
 
@@ -96,29 +84,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             out["error"] = self.formatException(record.exc_info).splitlines()[-1]
         return json.dumps(out, ensure_ascii=False)
-
-
-@dataclass
-class ConnectionGate:
-    """Admission control: total and per-IP concurrent sessions."""
-
-    max_sessions: int
-    max_per_ip: int
-    active: collections.Counter[str] = field(default_factory=collections.Counter)
-    sessions: set[GatewaySMTP] = field(default_factory=set)
-    admitted: int = 0  # sessions so far (a worker reports it when it stops)
-
-    def admit(self, ip: str) -> bool:
-        if sum(self.active.values()) >= self.max_sessions or self.active[ip] >= self.max_per_ip:
-            return False
-        self.active[ip] += 1
-        self.admitted += 1
-        return True
-
-    def release(self, ip: str) -> None:
-        self.active[ip] -= 1
-        if self.active[ip] <= 0:
-            del self.active[ip]
 
 
 class AuthThrottle:
@@ -145,129 +110,6 @@ class AuthThrottle:
         self.failures.setdefault(ip, collections.deque()).append(self.clock())
         if len(self.failures) > 100_000:  # bound memory under a distributed attack
             self.failures.clear()
-
-
-class GatewaySMTP(BlockDataSMTP):
-    """aiosmtpd's protocol (its DATA phase read in blocks, same outcome: ``smtpdata``) with
-    admission control and a whole-session time limit."""
-
-    def __init__(
-        self,
-        handler: GatewayHandler,
-        *,
-        gate: ConnectionGate,
-        session_timeout: float,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self._gate = gate
-        self._session_timeout = session_timeout
-        self._peer_ip: str | None = None
-        self._admitted = False
-        self._dsguard_handler = handler
-        self._told_to_leave = False
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # aiosmtpd's version parses with the email package's header parser (and defines a
-        # class on every call): most of the MAIL/RCPT cost. Same answer, fast, for the
-        # plain <local@domain> form; anything else goes to the full parser.
-        match = _SIMPLE_PATH.match(arg)
-        if match is None:
-            return super()._getaddr(arg)
-        addr = match.group(1)
-        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return addr, arg[match.end() :]
-
-    # -- SMTP AUTH off the event loop --------------------------------------------------------
-    # aiosmtpd calls the authenticator synchronously from its async auth_* methods; an argon2
-    # verification takes tens to hundreds of milliseconds, during which every session would
-    # stall. The base auth_PLAIN/auth_LOGIN parse the exchange and hand the credentials to
-    # _authenticate, which here only records them; the check then runs in a worker thread.
-    _pending_credentials: Any = None
-
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        self._pending_credentials = (mechanism, auth_data)
-        return AuthResult(success=False, handled=True)
-
-    async def _checked(self, result: AuthResult) -> AuthResult:
-        pending, self._pending_credentials = self._pending_credentials, None
-        if pending is None:  # the exchange failed before credentials were complete
-            return result
-        mechanism, auth_data = pending
-        return await asyncio.to_thread(SMTP._authenticate, self, mechanism, auth_data)
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802 -- aiosmtpd name
-        self._pending_credentials = None
-        return await self._checked(await super().auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802 -- aiosmtpd name
-        self._pending_credentials = None
-        return await self._checked(await super().auth_LOGIN(_, args))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self._peer_ip is None
-        super().connection_made(transport)
-        if first:
-            peer = transport.get_extra_info("peername")
-            self._peer_ip = peer[0] if isinstance(peer, tuple) else "unknown"
-            self._admitted = self._gate.admit(self._peer_ip)
-            if self._admitted:
-                self._gate.sessions.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._admitted and self._peer_ip is not None:
-            self._admitted = False
-            self._gate.release(self._peer_ip)
-            self._gate.sessions.discard(self)
-        if self.session is not None:
-            self._dsguard_handler.forget(self.session)
-        super().connection_lost(error)
-
-    async def _handle_client(self) -> None:
-        if not self._admitted:
-            await self.push(TOO_MANY_SESSIONS)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        try:
-            async with asyncio.timeout(self._session_timeout):
-                await super()._handle_client()
-        except TimeoutError:
-            try:
-                await self.push(SESSION_TOO_LONG)
-            finally:
-                if self.transport is not None:
-                    self.transport.close()
-
-    def _timeout_cb(self) -> None:
-        # aiosmtpd closes a silent client without a word; RFC 5321 section 3.8: a server that
-        # closes the channel on its own SHOULD first send 421, so the client knows to retry.
-        # (aiosmtpd's own callback only closes the transport, as this one does after the 421.)
-        transport = self.transport
-        if transport is None:
-            return
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            with contextlib.suppress(Exception):
-                transport.write(IDLE_TIMEOUT.encode("ascii") + b"\r\n")
-        transport.close()
-
-    @property
-    def in_transaction(self) -> bool:
-        """A MAIL transaction is under way (MAIL accepted, not yet ended by DATA or RSET)."""
-        envelope = self.envelope
-        return envelope is not None and envelope.mail_from is not None
-
-    async def shutdown(self) -> None:
-        """Tell a session still open at shutdown to come back later, then close it (once:
-        ``stop`` may see the session again before its connection is gone)."""
-        if self._told_to_leave:
-            return
-        self._told_to_leave = True
-        with contextlib.suppress(Exception):  # the peer may already be gone
-            await self.push(SHUTTING_DOWN)
-        if self.transport is not None:
-            self.transport.close()
 
 
 def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
@@ -328,6 +170,7 @@ class GatewayServer:
         self.gate = ConnectionGate(gl.max_sessions, gl.max_sessions_per_ip)
         self.throttle = AuthThrottle(gl.max_auth_failures, gl.auth_failure_window)
         self.bound: dict[str, tuple[str, int]] = {}
+        self._settings: dict[str, SmtpSettings] = {}  # per listener, for new sessions
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -365,7 +208,7 @@ class GatewayServer:
         for name, address, submission in listeners:
             handler = GatewayHandler(self.runtime, submission=submission)
             self._handlers.append(handler)
-            factory = functools.partial(self._protocol, handler, submission, tls)
+            factory = functools.partial(self._protocol, name, handler, submission, tls)
             if self._sockets is not None:
                 server = await loop.create_server(factory, sock=self._sockets[name])
             else:
@@ -382,56 +225,48 @@ class GatewayServer:
         self._relay_task = asyncio.create_task(self.relay.run(self.stop_event))
 
     def _protocol(
-        self, handler: GatewayHandler, submission: bool, tls: ssl.SSLContext | None
-    ) -> GatewaySMTP:
+        self, name: str, handler: GatewayHandler, submission: bool, tls: ssl.SSLContext | None
+    ) -> SmtpSession:
+        settings = self._settings.get(name)
+        if settings is None:  # built once per listener and configuration (reload clears)
+            settings = self._settings[name] = self._listener_settings(submission, tls)
+        return SmtpSession(handler, settings, self.gate)
+
+    def _listener_settings(self, submission: bool, tls: ssl.SSLContext | None) -> SmtpSettings:
         cfg = self.runtime.config if self.runtime else self.config
         gl = cfg.gateway.limits
-        return GatewaySMTP(
-            handler,
-            gate=self.gate,
-            session_timeout=gl.session_timeout,
+        return SmtpSettings(
             hostname=cfg.gateway.hostname,
             ident="dsguard ESMTP",
+            data_size_limit=gl.max_message_bytes,
+            idle_timeout=gl.idle_timeout,
+            session_timeout=gl.session_timeout,
+            max_commands=gl.max_commands,
             tls_context=tls,
             require_starttls=submission and tls is not None,
             auth_required=submission,
-            auth_require_tls=True,
             authenticator=self._authenticate if submission else None,
-            data_size_limit=gl.max_message_bytes,
-            timeout=gl.idle_timeout,
-            decode_data=False,
-            enable_SMTPUTF8=True,
-            # aiosmtpd's budget is per command per connection and never resets: an upstream MTA
-            # reusing its connection sends MAIL/RCPT/DATA/RSET for every message, so those are
-            # bounded by the session time limit instead; everything else (NOOP, HELO, VRFY...
-            # the flood commands) by max_commands.
-            command_call_limit={
-                "MAIL": 1_000_000,
-                "RCPT": 10_000_000,
-                "DATA": 1_000_000,
-                "RSET": 1_000_000,
-                "*": gl.max_commands,
-            },
         )
 
     def _authenticate(
-        self, server: SMTP, session: Session, envelope: Any, mechanism: str, auth_data: Any
+        self, session: Session, mechanism: str, credentials: LoginPassword
     ) -> AuthResult:
+        """In a worker thread (the password hash is slow): throttle, then check."""
         peer = session.peer
         ip = peer[0] if isinstance(peer, tuple) else "unknown"
         if self.throttle.blocked(ip):
-            return AuthResult(success=False, handled=False, message=AUTH_THROTTLED)
-        if not isinstance(auth_data, LoginPassword) or self.store is None:
+            return AuthResult(success=False, message=AUTH_THROTTLED)
+        if self.store is None:
             self.throttle.failed(ip)
-            return AuthResult(success=False, handled=False)
-        user = auth_data.login.decode("utf-8", "replace")
-        password = auth_data.password.decode("utf-8", "replace")
+            return AuthResult(success=False)
+        user = credentials.login.decode("utf-8", "replace")
+        password = credentials.password.decode("utf-8", "replace")
         info = repo.verify_password(self.store, user, password, "smtp")
         if info is None:
             self.throttle.failed(ip)
             log.info(json.dumps({"event": "auth_failed", "client_ip": ip, "user": user[:100]}))
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=auth_data)
+            return AuthResult(success=False)
+        return AuthResult(success=True, auth_data=credentials)
 
     def reload(self) -> None:
         """SIGHUP: load the config again; new transactions use it at once. A bad file keeps the
@@ -466,6 +301,7 @@ class GatewayServer:
         self.throttle.limit, self.throttle.window = gl.max_auth_failures, gl.auth_failure_window
         for handler in self._handlers:
             handler.runtime = new
+        self._settings.clear()  # new sessions take the new limits and host name
         log.info(
             json.dumps(
                 {
@@ -488,10 +324,10 @@ class GatewayServer:
             # holding the shutdown (and them) for the whole grace period.
             for session in list(self.gate.sessions):
                 if not session.in_transaction:
-                    await session.shutdown()
+                    session.shutdown()
             await asyncio.sleep(0.1)
         for session in list(self.gate.sessions):
-            await session.shutdown()
+            session.shutdown()
         self.stop_event.set()
         if self.relay is not None:
             await self._relay_task
@@ -517,20 +353,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # aiosmtpd logs every command line (including AUTH exchanges) at INFO/DEBUG: keep it quiet.
-    # Its warnings (e.g. a client over the command limit) go out as JSON lines like ours; the
-    # default "last resort" handler would print them as plain text.
-    smtp_log = logging.getLogger("mail.log")
-    smtp_log.handlers[:] = [handler]
-    smtp_log.setLevel(logging.WARNING)
-    smtp_log.propagate = False
-    smtp_log.addFilter(_drop_aiosmtpd_noise)
-
-
-def _drop_aiosmtpd_noise(record: logging.LogRecord) -> bool:
-    # aiosmtpd warns about its own deprecated Session.login_data on every successful AUTH;
-    # nothing an admin can act on.
-    return "login_data is deprecated" not in record.getMessage()
 
 
 async def run_gateway(

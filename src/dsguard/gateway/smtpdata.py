@@ -1,8 +1,8 @@
 """Read the DATA of an SMTP transaction in blocks instead of line by line.
 
 aiosmtpd's ``smtp_DATA`` awaits ``readuntil(b"\\r\\n")`` once per line and does a few Python
-steps for each: for a 5 KB message about a hundred coroutine round trips. ``BlockDataSMTP``
-replaces it with ``DataScanner``, which takes whatever the socket delivered (one block) and
+steps for each: for a 5 KB message about a hundred coroutine round trips. ``DataScanner``
+(used by ``smtpserver.SmtpSession``) takes whatever the socket delivered (one block) and
 finds line boundaries, the end of data, line lengths and the size with C-speed byte
 operations, falling back to a per-line loop only for a block that breaks a limit.
 
@@ -22,7 +22,8 @@ test_smtpdata.py runs both over real sockets on the same inputs, including hosti
   as in aiosmtpd, whose stream reader overruns first).
 - Either reply comes only after the client sent the whole message (RFC 5321 4.2.5), and from
   the first broken limit on nothing more is kept in memory.
-- Commands the client pipelined after the final "." stay in the stream for the command loop.
+- Commands the client pipelined after the final "." are handed back (``rest``) to the
+  command loop.
 
 SECURITY: memory is bounded: at most ``data_size_limit`` bytes of message plus one unfinished
 line of at most ``line_length_limit`` + 2 bytes (a longer one is dropped as it arrives, as
@@ -31,15 +32,10 @@ aiosmtpd drops the fragments of an overlong line).
 
 from __future__ import annotations
 
-import asyncio
 import enum
-
-from aiosmtpd.smtp import MISSING, SMTP
 
 TOO_LONG_REPLY = "500 Line too long (see RFC5321 4.5.3.1.6)"
 TOO_MUCH_REPLY = "552 Error: Too much mail data"
-# StreamReader.read(n) returns at most what is buffered, so this only means "all of it".
-_READ_ALL = 1 << 30
 
 
 class DataState(enum.Enum):
@@ -133,51 +129,3 @@ class DataScanner:
     def _too(self, state: DataState) -> None:
         self.state = state
         self._parts = []
-
-
-class BlockDataSMTP(SMTP):
-    """aiosmtpd's protocol with the DATA phase read by ``DataScanner``."""
-
-    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 -- aiosmtpd name
-        if self._decode_data:  # str content: not how dsguard runs; keep aiosmtpd's own
-            await super().smtp_DATA(arg)
-            return
-        # The checks and replies before the data are aiosmtpd's, in its order.
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        scanner = DataScanner(self.data_size_limit, self.line_length_limit)
-        reader = self._reader
-        try:
-            while not scanner.done:
-                chunk = await reader.read(_READ_ALL)
-                if not chunk:  # end of stream (eof_received cancels this coroutine anyway)
-                    return
-                scanner.feed(chunk)
-        except asyncio.CancelledError:
-            self._writer.close()  # the connection was lost during DATA (as aiosmtpd does)
-            raise
-        # read() took everything buffered and nothing arrived since (no await in between):
-        # put back what the client pipelined after the data, in order, for the command loop.
-        if scanner.rest and not reader.at_eof():
-            reader.feed_data(scanner.rest)
-        if scanner.state is not DataState.NOMINAL:
-            too_long = scanner.state is DataState.TOO_LONG
-            await self.push(TOO_LONG_REPLY if too_long else TOO_MUCH_REPLY)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
-            return
-        content = scanner.content()
-        self.envelope.content = content
-        self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
-        self._set_post_data_state()  # type: ignore[no-untyped-call]  # unannotated in aiosmtpd
-        await self.push("250 OK" if status is MISSING else status)

@@ -1,8 +1,9 @@
 """The block DATA reader gives aiosmtpd's outcome exactly: both servers, same bytes, same replies.
 
 Each case runs over real loopback sockets against plain aiosmtpd (its line-by-line
-``smtp_DATA``) and against ``BlockDataSMTP``, the client sending the same bytes cut into the same
-pieces; the full reply transcript and the content the handler got must be identical. The cases
+``smtp_DATA``) and against dsguard's ``smtpserver.SmtpSession`` (which reads DATA with
+``DataScanner``), the client sending the same bytes cut into the same pieces; the full reply
+transcript and the content the handler got must be identical. The cases
 are the ones that matter at the gateway: SMTP smuggling (bare LF / CR around a "."), dot
 stuffing, the size limit, the line-length limit (at and around 1001 bytes, and far beyond),
 both limits broken in either order, the end of data split across reads, and commands pipelined
@@ -12,14 +13,16 @@ right after the final ".".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from dsguard.gateway.smtpdata import BlockDataSMTP, DataScanner, DataState
+from dsguard.gateway import smtpserver
+from dsguard.gateway.smtpdata import DataScanner, DataState
+from dsguard.gateway.smtpserver import ConnectionGate, SmtpSession, SmtpSettings
 
 LIMIT = 20_000  # data_size_limit of both servers
 
@@ -33,6 +36,63 @@ class Recorder:
         assert envelope.content == envelope.original_content
         self.contents.append(envelope.original_content)
         return "250 2.0.0 kept"
+
+
+@dataclass
+class NewRecorder:
+    """The same handler for smtpserver's interface (aiosmtpd's default replies otherwise)."""
+
+    contents: list[bytes] = field(default_factory=list)
+
+    def handle_exception(self, error: Exception) -> str:
+        raise AssertionError(error)
+
+    def handle_EHLO(
+        self,
+        server: object,
+        session: smtpserver.Session,
+        envelope: smtpserver.Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return responses
+
+    def handle_AUTH(self, *args: object) -> str | None:
+        return None
+
+    def handle_MAIL(
+        self,
+        server: object,
+        session: smtpserver.Session,
+        envelope: smtpserver.Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        envelope.mail_from = address
+        return "250 OK"
+
+    def handle_RCPT(
+        self,
+        server: object,
+        session: smtpserver.Session,
+        envelope: smtpserver.Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(
+        self, server: object, session: smtpserver.Session, envelope: smtpserver.Envelope
+    ) -> str:
+        assert isinstance(envelope.original_content, bytes)
+        assert envelope.content == envelope.original_content
+        self.contents.append(envelope.original_content)
+        return "250 2.0.0 kept"
+
+    def forget(self, session: smtpserver.Session) -> None:
+        pass
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> bytes:
@@ -67,12 +127,37 @@ async def _session(port: int, pieces: Sequence[bytes], after: int) -> list[bytes
     return replies
 
 
-async def _run(server_class: type[SMTP], pieces: Sequence[bytes], after: int) -> tuple[Any, ...]:
+def _aiosmtpd() -> tuple[Callable[[], Any], Any]:
     handler = Recorder()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: server_class(handler, hostname="mx.test", data_size_limit=LIMIT), "127.0.0.1", 0
+    return lambda: SMTP(
+        handler,
+        hostname="mx.test",
+        ident="dsguard ESMTP",
+        data_size_limit=LIMIT,
+        enable_SMTPUTF8=True,
+    ), handler
+
+
+def _dsguard() -> tuple[Callable[[], Any], Any]:
+    handler = NewRecorder()
+    settings = SmtpSettings(
+        hostname="mx.test",
+        ident="dsguard ESMTP",
+        data_size_limit=LIMIT,
+        idle_timeout=60,
+        session_timeout=60,
+        max_commands=1000,
     )
+    gate = ConnectionGate(10, 10)
+    return lambda: SmtpSession(handler, settings, gate), handler
+
+
+async def _run(
+    make: Callable[[], tuple[Callable[[], Any], Any]], pieces: Sequence[bytes], after: int
+) -> tuple[Any, ...]:
+    factory, handler = make()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         replies = await asyncio.wait_for(_session(port, pieces, after), 30)
@@ -116,8 +201,7 @@ CASES: dict[str, tuple[bytes, int]] = {
     "stuffing dots count towards the size": ((b"." * 98 + b"\r\n") * 200 + b".\r\n", 1),
     "pipelined after the data": (b"one\r\n.\r\nRSET\r\nNOOP\r\n", 3),
     "pipelined next message": (
-        b"one\r\n.\r\nMAIL FROM:<c@example.org>\r\nRCPT TO:<d@contoso.com>\r\nDATA\r\n"
-        b"two\r\n.\r\n",
+        b"one\r\n.\r\nMAIL FROM:<c@example.org>\r\nRCPT TO:<d@contoso.com>\r\nDATA\r\ntwo\r\n.\r\n",
         5,
     ),
     "binary": (bytes(range(256)).replace(b"\n", b"") + b"\r\n.\r\n", 1),
@@ -140,7 +224,7 @@ def test_same_outcome_as_aiosmtpd(name: str, piece: int) -> None:
     pieces = [data] if piece == 0 else _cut(data, piece)
 
     async def both() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        return await _run(SMTP, pieces, after), await _run(BlockDataSMTP, pieces, after)
+        return await _run(_aiosmtpd, pieces, after), await _run(_dsguard, pieces, after)
 
     theirs, ours = asyncio.run(both())
     assert ours == theirs

@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP
 
 from dsguard.gateway import spool as spool_module
 from dsguard.gateway.handler import has_bare_newline
-from dsguard.gateway.server import GatewaySMTP
+from dsguard.gateway.smtpserver import parse_path
 from dsguard.gateway.spool import META_REQUEUED_AT, Spool
 
 MESSAGE = b"From: joe@contoso.com\r\nSubject: s\r\n\r\nbody\r\n"
@@ -194,7 +194,7 @@ def test_has_bare_newline_matches_the_regex() -> None:
 
 
 def test_fast_address_parse_matches_aiosmtpd() -> None:
-    server = GatewaySMTP.__new__(GatewaySMTP)
+    reference = SMTP.__new__(SMTP)  # only its _getaddr, which needs no state
     rnd = random.Random(5)
     cases = [
         "<joe@contoso.com>",
@@ -224,6 +224,4 @@ def test_fast_address_parse_matches_aiosmtpd() -> None:
             + "".join(rnd.choice(' \tX=1()<>"') for _ in range(rnd.randint(0, 4)))
         )
     for case in cases:
-        for limit in (0, 3):
-            server.local_part_limit = limit
-            assert server._getaddr(case) == SMTP._getaddr(server, case), (case, limit)
+        assert parse_path(case) == reference._getaddr(case), case
