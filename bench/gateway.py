@@ -90,8 +90,8 @@ SPOOFED = "joe@contoso.com"  # the campaign's self-addressed Direct Send
 NEWS_FROM = "news@example.org"
 P1_REPLY = "5.7.68 TenantInboundAttribution"
 # A persistent client connection carries at most this many transactions (untimed reconnect):
-# the gateway's [gateway.limits] max_commands (1000 per command per session, aiosmtpd's
-# command_call_limit, never reset) answers "421 4.7.0 MAIL sent too many times" beyond it.
+# the gateway's [gateway.limits] max_commands (1000 per command per session, never reset)
+# answers "421 4.7.0 MAIL sent too many times" beyond it.
 TRANSACTIONS_PER_CONNECTION = 200
 _MESSAGE_ID = re.compile(rb"^Message-ID: <(bench-[^>]+)>$", re.MULTILINE)
 
@@ -146,7 +146,7 @@ def newsletter(message_id: str) -> bytes:
     return (head + body).encode()
 
 
-# ``python -m cProfile`` sees the main thread only (the event loop: aiosmtpd, the handler,
+# ``python -m cProfile`` sees the main thread only (the event loop: the SMTP server, the handler,
 # the relay's aiosmtplib); the engine, the spool and the store run in worker threads
 # (asyncio.to_thread). This runs ``dsguard`` with one cProfile per thread and merges them.
 PROFILED_GATEWAY = r"""
@@ -686,7 +686,7 @@ _IDLE = ("poll' of 'select.epoll", "acquire' of '_thread.lock", "method 'get' of
 _GROUPS = (
     ("fsync (spool, SQLite WAL)", ("posix.fsync", "fsync")),
     ("SQLite / SQLAlchemy (store)", ("sqlalchemy", "sqlite3")),
-    ("aiosmtpd (SMTP server protocol)", ("aiosmtpd",)),
+    ("SMTP server protocol (smtpserver, smtpdata)", ("gateway/smtpserver", "gateway/smtpdata")),
     ("aiosmtplib (relay client)", ("aiosmtplib",)),
     (
         "dsguard engine + checks + parsing",
