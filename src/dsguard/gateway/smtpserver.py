@@ -347,7 +347,8 @@ class SmtpSession(asyncio.Protocol):
         self._overlong: str | None = None  # inside an overlong line: the reply at its end
         self._scanner: DataScanner | None = None
         self._line_handler: Callable[[bytes], None] | None = None  # AUTH exchange lines
-        self._task: asyncio.Task[None] | None = None  # the one thing we wait for
+        self._task: asyncio.Future[Any] | None = None  # the one thing we wait for
+        self._ends_transaction = False  # what _task answers is the end of data's reply
         self._handshaking = False
         self._read_paused = False
         self._write_paused = False
@@ -559,16 +560,21 @@ class SmtpSession(asyncio.Protocol):
     def _wait_for(self, work: Awaitable[str], *, end_of_data: bool = False) -> None:
         """Answer with what ``work`` returns; nothing else is served meanwhile."""
         self._flush()  # the replies before it go out now (the 354, pipelined RCPTs...)
-        self._task = asyncio.ensure_future(self._await_reply(work, end_of_data))
+        self._ends_transaction = end_of_data
+        # The handler's coroutine is the task itself (no wrapper): cancelled before it ran,
+        # it is closed, never left "never awaited".
+        task = self._task = asyncio.ensure_future(work)
+        task.add_done_callback(self._answered)
 
-    async def _await_reply(self, work: Awaitable[str], end_of_data: bool) -> None:
-        try:
-            reply = await work
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            reply = self._fault(error)
-        if end_of_data:
+    def _answered(self, task: asyncio.Future[str]) -> None:
+        if task.cancelled() or task is not self._task:
+            return  # the connection is gone
+        error = task.exception()
+        if error is None:
+            reply = task.result()
+        else:
+            reply = self._fault(error) if isinstance(error, Exception) else FALLBACK_TEMPFAIL
+        if self._ends_transaction:
             self._new_envelope()  # RFC 5321 4.1.1.4: the transaction ends with the data
         self._reply(reply)
         self._resume()

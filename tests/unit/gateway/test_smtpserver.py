@@ -855,3 +855,31 @@ def test_an_endless_line_is_not_kept_in_memory(world: World) -> None:
     most, replies = asyncio.run(_with_server(world, Listener(), gate, body))
     assert most <= 1001 + 10_000
     assert replies == [b"500 Command line too long\r\n", b"250 OK\r\n"]
+
+
+@pytest.mark.parametrize("when", ["after the data", "in the data", "after STARTTLS"])
+def test_a_client_that_leaves_mid_work_leaves_nothing_behind(world: World, when: str) -> None:
+    gate = ConnectionGate(5, 5)
+    errors: list[dict[str, Any]] = []
+
+    async def body(port: int) -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        _reader, writer, _greeting = await _connect(port)
+        if when == "after STARTTLS":
+            writer.write(b"STARTTLS\r\n")
+        else:
+            writer.write(
+                b"EHLO mx.example.org\r\nMAIL FROM:<news@example.org>\r\n"
+                b"RCPT TO:<ann@contoso.com>\r\nDATA\r\n"
+                + _msg("gone")
+                + (b".\r\n" if when == "after the data" else b"")
+            )
+        await writer.drain()
+        writer.transport.abort()  # no QUIT, no reading
+        while gate.sessions:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # a handler still finishing would answer into the void now
+
+    asyncio.run(_with_server(world, Listener(tls=True), gate, body))
+    assert errors == []
+    assert not gate.active
