@@ -28,8 +28,8 @@ Intended differences from aiosmtpd 1.4.6 (each a bug or hazard there):
   aiosmtpd keeps it in a class-level dict that every EHLO of every session raises by 36 and
   every new connection resets, so it drifts with unrelated traffic.
 - A reply echoing client bytes that are not UTF-8 (``VRFY``) carries "?" for them; aiosmtpd
-  failed to encode it and answered 451. ``SIZE=`` takes ASCII digits only (aiosmtpd: ``isdigit`` then
-  ``int``, a 451 on digits ``int`` does not take).
+  failed to encode it and answered 451. ``SIZE=`` takes ASCII digits only (aiosmtpd:
+  ``isdigit`` then ``int``, a 451 on digits ``int`` does not take).
 - After the end of data the transaction is over whatever the reply, a 451 for an internal
   fault included (RFC 5321 section 4.1.1.4); aiosmtpd kept the envelope after a fault, so the
   next MAIL got "503 nested MAIL command".
@@ -45,15 +45,15 @@ Intended differences from aiosmtpd 1.4.6 (each a bug or hazard there):
 SECURITY: this faces hostile clients on port 25. Memory per connection is bounded: a command
 line of at most 1001 bytes + LF is kept (a longer one is dropped as it arrives and answered
 ``500 Command line too long``), message data by ``DataScanner`` (size limit + one line), and
-input arriving while the server is busy is kept up to ``BUSY_BUFFER_LIMIT`` bytes, beyond which
-reading pauses (as it does while the client does not read our replies). Limits: admission
-(total and per IP sessions, else 421 and close), whole-session time (421), idle time (421),
-a per-command budget (``max_commands`` for all but MAIL/RCPT/DATA/RSET; 421 and close), five
-unrecognised commands (502 and close), recipients (the handler), message size and line
-length (552 / 500 after the data, RFC 5321 section 4.2.5). AUTH is offered only over TLS,
-checked off the event loop, and failures are throttled by the authenticator. An internal fault
-answers the handler's ``handle_exception`` reply (451), never a 5xx for our own fault.
-Nothing from an AUTH exchange is logged.
+input arriving while the server is busy is kept up to ``BUSY_BUFFER_LIMIT`` bytes (plus the
+read that crossed it), beyond which reading pauses (as it does while the client does not read
+our replies). Limits: admission (total and per-IP sessions, else 421 and close), whole-session
+time (421), idle time (421), a per-command budget (``max_commands`` for all but
+MAIL/RCPT/DATA/RSET; 421 and close), five unrecognised commands (502 and close), recipients
+(the handler), message size and line length (552 / 500 after the data, RFC 5321 section
+4.2.5). AUTH is offered only over TLS, checked off the event loop, and failures are throttled
+by the authenticator. An internal fault answers the handler's ``handle_exception`` reply
+(451), never a 5xx for our own fault. Nothing from an AUTH exchange is logged.
 """
 
 from __future__ import annotations

@@ -883,3 +883,28 @@ def test_a_client_that_leaves_mid_work_leaves_nothing_behind(world: World, when:
     asyncio.run(_with_server(world, Listener(tls=True), gate, body))
     assert errors == []
     assert not gate.active
+
+
+def test_message_data_keeps_the_idle_timer_from_firing(world: World) -> None:
+    # aiosmtpd counted idle time from the DATA command: a message sent slowly for longer than
+    # the idle timeout was cut off with 421 although the client never stopped sending.
+    async def body(port: int) -> bytes:
+        reader, writer, _greeting = await _connect(port)
+        writer.write(
+            b"EHLO mx.example.org\r\nMAIL FROM:<news@example.org>\r\n"
+            b"RCPT TO:<ann@contoso.com>\r\nDATA\r\n"
+        )
+        for _ in range(4):
+            await _reply(reader)
+        writer.write(_msg("slow"))
+        for _ in range(8):  # 1.2 s of data in all, idle timeout 0.4 s
+            await asyncio.sleep(0.15)
+            writer.write(b"more text\r\n")
+        writer.write(b".\r\n")
+        reply = await _reply(reader)
+        writer.close()
+        return reply
+
+    listener = Listener(idle_timeout=0.4)
+    reply = asyncio.run(_with_server(world, listener, ConnectionGate(5, 5), body))
+    assert reply.startswith(b"250 2.0.0 OK: queued as ")
