@@ -1,1 +1,2 @@
-"""SMTP gateway: the aiosmtpd front door, the durable spool and the downstream relay."""
+"""SMTP gateway: dsguard's own SMTP server protocol, the durable spool and the downstream
+relay."""
