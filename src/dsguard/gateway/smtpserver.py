@@ -33,6 +33,8 @@ Intended differences from aiosmtpd 1.4.6 (each a bug or hazard there):
 - After the end of data the transaction is over whatever the reply, a 451 for an internal
   fault included (RFC 5321 section 4.1.1.4); aiosmtpd kept the envelope after a fault, so the
   next MAIL got "503 nested MAIL command".
+- An address with a control character (NUL, CR, TAB, DEL...) is malformed (``553 5.1.3``,
+  RFC 5321 4.1.2); aiosmtpd's RFC 5322 parse took it, and MAIL FROM:<a\x00b@...> got 250.
 - STARTTLS inside TLS: ``554 5.5.1 Error: TLS already active`` (Postfix's reply); aiosmtpd
   tried to stack a second TLS layer. A failed handshake closes the connection with an info
   log line, not an ERROR with a traceback: it is the client's failure.
@@ -129,6 +131,9 @@ _SIMPLE_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>[ \t]*(?=[^ \t(\r\n]|\Z)"
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class LoginPassword(NamedTuple):
@@ -307,7 +312,14 @@ def parse_path(arg: str) -> tuple[str | None, str | None]:
     except HeaderParseError:
         return None, None
     address, rest = parsed
-    return str(address.addr_spec), str(rest)
+    spec = str(address.addr_spec)
+    if _CONTROL.search(spec):
+        # RFC 5321 4.1.2: no control character is allowed in a path, not even quoted
+        # (qtextSMTP and quoted-pairSMTP are %d32-126; RFC 6531 adds only non-ASCII UTF-8).
+        # The RFC 5322 parser takes them; a NUL or CR/LF would go on to the spool, the
+        # events and the downstream MTA.
+        return None, None
+    return spec, str(rest)
 
 
 def parse_params(params: list[str]) -> dict[str, str | bool] | None:

@@ -333,7 +333,6 @@ CASES: dict[str, list[Step]] = {
         (b"\r\r\r\n", 1),
         (b"ehlo lower.example.org\r\n", 1),
         (b"NOOP \x00 junk \xff\r\n", 1),
-        (b"MAIL FROM:<a\x00b@example.org>\r\n", 1),
         (b"QUIT now\r\n", 1),
         (b"noop\n", 1),
         (b"NOOP\r\r\n", 1),
@@ -675,6 +674,24 @@ def test_vrfy_with_bytes_that_are_not_utf8(world: World) -> None:
     # aiosmtpd could not encode its own reply and answered 451.
     replies = new_only(world, [(b"VRFY <<\xff\xfe>\r\n", 1)])
     assert replies[1] == b"502 Could not VRFY <<??>\r\n"
+
+
+def test_addresses_with_control_characters_are_malformed(world: World) -> None:
+    # aiosmtpd's RFC 5322 parse took them: MAIL FROM:<a\x00b@example.org> got 250.
+    steps: list[Step] = [EHLO]
+    steps += [
+        (b"MAIL FROM:<a\x00b@example.org>\r\n", 1),
+        (b'MAIL FROM:<"a\x7fb"@example.org>\r\n', 1),
+        (b'MAIL FROM:<"a\tb"@example.org>\r\n', 1),
+        (b"MAIL FROM:<news@example.org>\r\n", 1),
+        (b'RCPT TO:<"ann\x01"@contoso.com>\r\n', 1),
+        (b"RCPT TO:<ann@contoso.com>\r\n", 1),
+    ]
+    replies = new_only(world, steps)
+    malformed = b"553 5.1.3 Error: malformed address\r\n"
+    assert replies[2:5] == [malformed] * 3
+    assert replies[5].startswith(b"250 ") and replies[7].startswith(b"250 ")
+    assert replies[6] == malformed
 
 
 def test_size_takes_ascii_digits_only(world: World) -> None:
