@@ -206,7 +206,7 @@ class GatewayServer:
         if cfg.gateway.submission_listen:
             listeners.append(("submission", cfg.gateway.submission_listen, True))
         for name, address, submission in listeners:
-            handler = GatewayHandler(self.runtime, submission=submission)
+            handler = GatewayHandler(self.runtime, submission=submission, alone=self._alone)
             self._handlers.append(handler)
             factory = functools.partial(self._protocol, name, handler, submission, tls)
             if self._sockets is not None:
@@ -223,6 +223,10 @@ class GatewayServer:
                 )
             )
         self._relay_task = asyncio.create_task(self.relay.run(self.stop_event))
+
+    def _alone(self) -> bool:
+        """No session but the asking one is open in this process."""
+        return len(self.gate.sessions) <= 1
 
     def _protocol(
         self, name: str, handler: GatewayHandler, submission: bool, tls: ssl.SSLContext | None

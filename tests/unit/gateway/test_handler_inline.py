@@ -53,8 +53,10 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
         store.close()
 
 
-def _deliver(runtime: Runtime, data: bytes, threads: list[str]) -> str:
-    handler = GatewayHandler(runtime)
+def _deliver(
+    runtime: Runtime, data: bytes, threads: list[str], *, alone: bool | None = None
+) -> str:
+    handler = GatewayHandler(runtime, alone=None if alone is None else (lambda: alone))
     session = Session(("192.0.2.7", 40000))
     session.host_name = "client.example.org"
     envelope = SmtpEnvelope()
@@ -90,6 +92,23 @@ def test_plain_mail_is_judged_on_the_loop_and_only_the_spool_write_is_threaded(
     [entry] = runtime.spool.list("new")
     stored = runtime.spool.read(entry)
     assert stored.endswith(PLAIN) and b"Received: from client.example.org" in stored
+
+
+def test_the_only_session_writes_the_spool_on_the_loop(runtime: Runtime) -> None:
+    # No other session waits on the loop: no thread hand-off for the fsync'd write.
+    threads: list[str] = []
+    reply = _deliver(runtime, PLAIN, threads, alone=True)
+    assert reply.startswith("250 2.0.0 OK: queued as ")
+    assert threads == []
+    [entry] = runtime.spool.list("new")
+    assert runtime.spool.read(entry).endswith(PLAIN)
+
+
+def test_with_other_sessions_open_the_spool_write_never_blocks_the_loop(runtime: Runtime) -> None:
+    threads: list[str] = []
+    reply = _deliver(runtime, PLAIN, threads, alone=False)
+    assert reply.startswith("250 2.0.0 OK: queued as ")
+    assert threads == ["_spool"]
 
 
 def test_mail_with_an_attachment_is_judged_in_a_thread(runtime: Runtime) -> None:
