@@ -25,7 +25,9 @@ Must run as root (Postfix's master runs as root). Starts, all on 127.0.0.1:
   ``milter_default_action = tempfail``), ``both`` = the whole block, ``nullmilter`` = the
   milter lines pointing at the null milter (the ceiling: what the milter protocol alone costs
   this Postfix), ``nullhdrs`` (not run by default) = the null milter also inserting three
-  header fields the size of dsguard's (what the header edits cost Postfix's cleanup). The
+  header fields the size of dsguard's (what the header edits cost Postfix's cleanup),
+  ``nullmin`` (not run by default) = a null milter that negotiates away every event and reply
+  but the content and the end of message (the least conversation any content milter has). The
   "milter/policyd CPU" column is the CPU of the daemons a scenario uses (for ``nullmilter``:
   the null milter's). The load comes from
   127.0.0.1, which is outside ``mynetworks`` (else ``permit_mynetworks`` would skip the policy
@@ -111,6 +113,9 @@ SCENARIOS: dict[str, tuple[bool, str | None]] = {  # name -> (policy server, whi
     # ... and that also inserts header fields like the ones dsguard adds to the newsletter:
     # what the header edits alone cost Postfix's cleanup.
     "nullhdrs": (False, "nullhdrs"),
+    # ... or that asks for the least any content milter can: no CONNECT/HELO/MAIL/RCPT/DATA/
+    # EOH events, no reply but at the end of message (NULL_MIN_PROTOCOL).
+    "nullmin": (False, "nullmin"),
 }
 DEFAULT_SCENARIOS = ("postfix", "policyd", "milter", "both", "nullmilter")
 POLICY_REQUEST = (
@@ -177,20 +182,30 @@ NULL_HEADERS = (
 )
 
 
-def serve_null_milter(with_headers: bool) -> None:
+# The protocol steps of "nullmin" (libmilter mfdef.h SMFIP_*): NOCONNECT, NOHELO, NOMAIL,
+# NORCPT, NOEOH, NR_HDR, NOUNKNOWN, NODATA, NR_BODY, HDR_LEADSPC. Postfix still sends each
+# stage's macros (milter8.c, milter8_event: "Send the macros for this event, even when we're
+# not reporting the event itself").
+NULL_MIN_PROTOCOL = 0x01 | 0x02 | 0x04 | 0x08 | 0x40 | 0x80 | 0x100 | 0x200 | 0x80000 | 0x100000
+
+
+def serve_null_milter(kind: str) -> None:
     """The null milter's process: negotiates exactly what ``dsguard milter`` negotiates (its
     WANTED_ACTIONS, WANTED_PROTOCOL and MACRO_LISTS, the same code path as
     ``MilterSession.negotiate``), then answers every event that expects a reply at once:
     CONTINUE, and at the end of message ACCEPT (after NULL_HEADERS as SMFIR_INSHEADER at 0 when
-    ``with_headers``). No parsing beyond the packet framing, no analysis, no records: what any
-    milter needs at least. Prints its port, then serves until killed."""
+    ``kind`` is "nullhdrs"; "nullmin" negotiates NULL_MIN_PROTOCOL instead), and acknowledges
+    a read that gets no reply at once, as ``MilterSession._ack_now`` does. No parsing beyond
+    the packet framing, no analysis, no records: what any milter needs at least. Prints its
+    port, then serves until killed."""
     from dsguard.postfix import milter as dm
     from dsguard.postfix import milter_protocol as mp
 
     optneg, bodyeob, quit_ = mp.SMFIC_OPTNEG[0], mp.SMFIC_BODYEOB[0], mp.SMFIC_QUIT[0]
     eom_reply = b"".join(
         mp.insert_header(0, name, value.encode()) for name, value in reversed(NULL_HEADERS)
-    ) if with_headers else b""
+    ) if kind == "nullhdrs" else b""
+    wanted_protocol = NULL_MIN_PROTOCOL if kind == "nullmin" else dm.WANTED_PROTOCOL
     eom_reply += mp.ACCEPT
 
     class Null(asyncio.Protocol):
@@ -202,6 +217,8 @@ def serve_null_milter(with_headers: bool) -> None:
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             assert isinstance(transport, asyncio.Transport)
             self.transport = transport
+            # As MilterSession: ACK a read that gets no reply at once (see _ack_now).
+            self.sock = transport.get_extra_info("socket")
 
         def data_received(self, data: bytes) -> None:
             buf = self.buf
@@ -218,7 +235,7 @@ def serve_null_milter(with_headers: bool) -> None:
                     offer = mp.decode_optneg(bytes(buf[pos + 5 : end]))
                     assert not isinstance(offer, mp.Malformed)
                     actions = dm.WANTED_ACTIONS & offer.actions
-                    self.protocol = dm.WANTED_PROTOCOL & offer.protocol
+                    self.protocol = wanted_protocol & offer.protocol
                     macros = dm.MACRO_LISTS if actions & mp.SMFIF_SETSYMLIST else None
                     out.append(mp.optneg_reply(min(offer.version, 6), actions, self.protocol, macros))
                 elif command == bodyeob:
@@ -235,6 +252,8 @@ def serve_null_milter(with_headers: bool) -> None:
             del buf[:pos]
             if out and self.transport is not None:
                 self.transport.write(b"".join(out))
+            elif dm._TCP_QUICKACK:
+                self.sock.setsockopt(socket.IPPROTO_TCP, dm._TCP_QUICKACK, 1)
 
     async def serve() -> None:
         server = await asyncio.get_running_loop().create_server(Null, HOST, 0)
@@ -248,8 +267,8 @@ class NullMilter:
     """``serve_null_milter`` in a process (and session) of its own, so its CPU is counted
     apart from Postfix's and from the load generator's."""
 
-    def __init__(self, with_headers: bool = False) -> None:
-        self.with_headers = with_headers
+    def __init__(self, kind: str = "null") -> None:
+        self.kind = kind
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -258,9 +277,8 @@ class NullMilter:
         return f"inet:{HOST}:{self.port}"
 
     def start(self) -> NullMilter:
-        flag = "--serve-null-milter-headers" if self.with_headers else "--serve-null-milter"
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), flag],
+            [sys.executable, str(Path(__file__).resolve()), "--serve-null-milter", self.kind],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True,
         )
         assert self.proc.stdout is not None
@@ -500,12 +518,15 @@ async def _milter_client(port: int, count: int, per_connection: int) -> None:
     while done < count:
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(_milter_packet(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF)))
-        await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
+        optneg = await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
+        no_data_reply = struct.unpack(">I", optneg[9:13])[0] & 0x10000  # SMFIP_NR_DATA
         for n in range(min(per_connection, count - done)):
             writer.write(session if n == 0 else next_mail)
             assert await replies(reader) == b"c"
-            for step in steps:
+            for i, step in enumerate(steps):
                 writer.write(step)
+                if i == 1 and no_data_reply:
+                    continue  # DATA: no reply; smtpd writes it, then cleanup the content
                 last = await replies(reader)
             assert last == b"a", last
             done += 1
@@ -632,7 +653,7 @@ def print_report(runs: list[Run], levels: list[int], modes: list[str]) -> None:
                     f"p99 {(pol.rcpt_pct(0.99) - base.rcpt_pct(0.99)) * 1000:+.2f} ms, "
                     f"msgs/s {pol.rate / base.rate:.2f}x"
                 )
-            for name in ("milter", "both", "nullmilter", "nullhdrs"):
+            for name in ("milter", "both", "nullmilter", "nullhdrs", "nullmin"):
                 r = by_key.get((name, mode, c))
                 if r is not None:
                     delivered = (
@@ -656,16 +677,15 @@ def main() -> None:
         "--scenarios", default=",".join(DEFAULT_SCENARIOS), help=f"of {', '.join(SCENARIOS)}"
     )
     # Internal: the null milter's own process (see NullMilter).
-    ap.add_argument("--serve-null-milter", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--serve-null-milter-headers", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-null-milter", metavar="KIND", help=argparse.SUPPRESS)
     ap.add_argument("--milter-workers", type=int, default=1, help="dsguard milter --workers N")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     ap.add_argument(
         "--no-breakdown", action="store_true", help="skip 'where the time goes' after the runs"
     )
     args = ap.parse_args()
-    if args.serve_null_milter or args.serve_null_milter_headers:
-        serve_null_milter(with_headers=args.serve_null_milter_headers)
+    if args.serve_null_milter:
+        serve_null_milter(args.serve_null_milter)
         return
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
@@ -709,10 +729,10 @@ def main() -> None:
         milter = MilterDaemon(config, tmp, args.milter_workers).start()
         stack.callback(milter.stop)
         milters: dict[str, DsguardDaemon | NullMilter] = {"dsguard": milter}
-        for kind in ("null", "nullhdrs"):
+        for kind in ("null", "nullhdrs", "nullmin"):
             if not any(SCENARIOS[name][1] == kind for name in chosen):
                 continue
-            null = NullMilter(with_headers=kind == "nullhdrs").start()
+            null = NullMilter(kind).start()
             stack.callback(null.stop)
             milters[kind] = null
         instances: dict[str, tuple[PostfixInstance, list[DsguardDaemon | NullMilter]]] = {}

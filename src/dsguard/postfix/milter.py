@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -53,6 +54,7 @@ import queue
 import socket
 import threading
 import time
+from asyncio import trsock
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,14 +99,17 @@ TOO_MANY_FORGED = "451 4.7.0 Too many header fields claiming to be ours, try aga
 
 WANTED_ACTIONS = mp.SMFIF_ADDHDRS | mp.SMFIF_CHGHDRS | mp.SMFIF_QUARANTINE | mp.SMFIF_SETSYMLIST
 # Events we do not need (unknown commands) and replies we never send (we always continue
-# after CONNECT, HELO, MAIL, headers, end of headers and body chunks): fewer round trips per
-# message. Postfix (milter8.c, milter8_event) does not even flush what it wrote for an event
+# after CONNECT, HELO, MAIL, DATA, headers, end of headers and body chunks): fewer round trips
+# per message, for Postfix as much as for us (each is a write, a wake-up and a read on both
+# sides). Postfix (milter8.c, milter8_event) does not even flush what it wrote for an event
 # without a reply: the MAIL macros and MAIL go out with the first RCPT, the header, EOH and
-# body packets with the end of message, each batch in one write. DATA is the exception: we
-# answer it although we only continue, because without a reply the small DATA-macro packet
-# Postfix's smtpd sends sits unacknowledged (our side delays its ACK) and Nagle's algorithm
-# then holds the header packets the cleanup process writes next on the same socket until that
-# delayed ACK: 40 ms per message on Linux.
+# body packets with the end of message, each batch in one write. What is left: one reply per
+# RCPT (P1 refuses there) and the end of message.
+# Without a reply to DATA, the small DATA packet Postfix's smtpd writes last before handing the
+# socket to its cleanup process sits unacknowledged when our kernel delays its ACK, and
+# Nagle's algorithm on Postfix's side then holds the header packets cleanup writes next until
+# that delayed ACK: 40 ms per message on Linux. So a connection that cannot send its ACKs at
+# once (TCP_QUICKACK, Linux; see MilterSession._ack_now) still answers DATA (NO_QUICKACK_REPLIES).
 # Header values keep their leading space so the rebuilt message is the received one, byte
 # for byte (DKIM "simple" canonicalisation).
 WANTED_PROTOCOL = (
@@ -112,12 +117,15 @@ WANTED_PROTOCOL = (
     | mp.SMFIP_NR_CONN
     | mp.SMFIP_NR_HELO
     | mp.SMFIP_NR_MAIL
+    | mp.SMFIP_NR_DATA
     | mp.SMFIP_NR_UNKN
     | mp.SMFIP_NR_HDR
     | mp.SMFIP_NR_EOH
     | mp.SMFIP_NR_BODY
     | mp.SMFIP_HDR_LEADSPC
 )
+NO_QUICKACK_REPLIES = mp.SMFIP_NR_DATA  # replies we keep when ACKs cannot be sent at once
+_TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only; 0: not here
 # The macros we read, per stage (Postfix then sends these instead of milter_*_macros).
 MACRO_LISTS = {
     mp.SMFIM_CONNECT: "j {client_addr} {client_name}",
@@ -147,6 +155,15 @@ _BODYEOB = mp.SMFIC_BODYEOB[0]
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
+@functools.lru_cache(maxsize=1024)
+def _insert_on_top(name: str, value: str, leading_space: bool) -> bytes:
+    """SMFIR_INSHEADER at 0 for one of our fields, folded. Remembered: the same few values
+    (a verdict line, an Authentication-Results for a sending domain) recur message after
+    message."""
+    folded = fold(f"{name}: {value}")[len(name) + 1 :]
+    return mp.insert_header(0, name, mp.header_value(folded, leading_space=leading_space))
+
+
 @dataclass(slots=True)
 class MilterRuntime:
     """What sessions work with; replaced as a whole on reload (SIGHUP)."""
@@ -171,13 +188,18 @@ class Transaction:
 
     mail_from: str
     attribution: Attribution
+    # The envelope as of MAIL: what the connection and the MAIL stage's macros say. Later
+    # stages send only the queue id (MACRO_LISTS), so the end of message (and a refusal at
+    # RCPT) uses this one with the recipients filled in instead of looking the macros up again.
+    envelope: Envelope
     rcpts: list[str] = field(default_factory=list)
     p1: RdsDecision | None = None  # decided at the first RCPT (the same for every recipient)
     p1_runtime: MilterRuntime | None = None  # ... with this configuration
     p1_outcome: str = "unknown"
     refused_recorded: bool = False
     audit_notes: list[str] = field(default_factory=list)
-    headers: list[bytes] = field(default_factory=list)  # b"Name:value" as received
+    # b"Name:value" as received, folded lines rejoined with CRLF (Postfix sends "\n").
+    headers: list[bytes] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     collected: int = 0  # bytes kept (headers + body)
     size: int = 0  # bytes seen
@@ -188,10 +210,11 @@ class Transaction:
     fault: bool = False
 
     def message(self) -> bytes:
-        # Postfix sends header values with "\n" between folded lines, and the body with CRLF
-        # line ends, without the empty line that separates them (milter8.c).
-        head = b"".join(h.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n" for h in self.headers)
-        return head + b"\r\n" + bytes(self.body)
+        # Postfix sends the body with CRLF line ends, without the empty line that separates it
+        # from the header (milter8.c, milter8_body); header() already restored the CRLFs.
+        if not self.headers:
+            return b"\r\n" + self.body
+        return b"".join((b"\r\n".join(self.headers), b"\r\n\r\n", self.body))
 
 
 class Analysts:
@@ -255,6 +278,7 @@ class MilterSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.negotiated = False
         self.protocol = 0
+        self._replies: frozenset[int] = frozenset(_NO_REPLY_FLAG)  # events answered (negotiate)
         self.leading_space = False
         self._framer = mp.Framer()
         self._out: list[bytes] = []
@@ -267,6 +291,7 @@ class MilterSession(asyncio.Protocol):
         self._last_packet = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._progress: asyncio.TimerHandle | None = None
+        self._ack_sock: trsock.TransportSocket | None = None  # see _ack_now
         self._handlers: dict[int, Callable[[bytes], bool]] = {
             mp.SMFIC_MACRO[0]: self._on_macro,
             mp.SMFIC_CONNECT[0]: self._on_connect,
@@ -313,6 +338,14 @@ class MilterSession(asyncio.Protocol):
         # One timer per connection, not one per packet: it fires every IDLE_TIMEOUT and
         # closes the connection when no packet came in that long.
         self._watchdog = loop.call_later(IDLE_TIMEOUT, self._check_idle)
+        sock = transport.get_extra_info("socket")
+        if _TCP_QUICKACK and sock is not None and sock.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        ):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                self._ack_sock = sock
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -394,6 +427,7 @@ class MilterSession(asyncio.Protocol):
     def _process(self) -> None:
         """Handle every complete packet received, then send the replies in one write."""
         framer = self._framer
+        handlers = self._handlers
         while not self._busy and not self._closed:
             packet = framer.next()
             if packet is None:
@@ -402,10 +436,40 @@ class MilterSession(asyncio.Protocol):
                 self.malformed(packet)
                 self._close()
                 return
-            if not self.handle(*packet):
+            # The events of a negotiated session straight to their handler (some 40 packets a
+            # message); negotiation, QUIT and unknown commands through handle().
+            command, data = packet
+            handler = handlers.get(command) if self.negotiated else None
+            if handler is None:
+                ok = self.handle(command, data)
+            else:
+                try:
+                    ok = handler(data)
+                except Exception as exc:  # design contract: our fault is a temporary failure
+                    ok = self._fault(command, exc)
+            if not ok:
                 self._close()
                 return
+        replied = bool(self._out)
         self._flush()
+        if not replied and self._ack_sock is not None:
+            self._ack_now()
+
+    def _ack_now(self) -> None:
+        """Acknowledge what we read at once, when we have no reply to carry the ACK.
+
+        Linux delays the ACK of data it receives by up to 40 ms (and only "quick ACKs" a
+        peer it does not think of as interactive); TCP_QUICKACK, set after a read, sends the
+        pending ACK now (tcp(7); it does not stay set, hence once per read). Postfix needs it:
+        with no reply to DATA (SMFIP_NR_DATA), the DATA packet its smtpd wrote is unacked when
+        its cleanup process writes the message's header packets on the same socket, and
+        Nagle's algorithm holds those until the ACK comes (milter8.c writes through a VSTREAM;
+        Postfix does not set TCP_NODELAY on milter sockets)."""
+        assert self._ack_sock is not None
+        try:
+            self._ack_sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            self._ack_sock = None
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -429,8 +493,7 @@ class MilterSession(asyncio.Protocol):
         return None
 
     def expects_reply(self, command: int) -> bool:
-        flag = _NO_REPLY_FLAG.get(command)
-        return flag is not None and not self.protocol & flag
+        return command in self._replies
 
     def envelope(
         self, txn: Transaction | None, rcpts: tuple[str, ...] = (), *, mail_from: str | None = None
@@ -474,23 +537,27 @@ class MilterSession(asyncio.Protocol):
         try:
             return handler(data)
         except Exception as exc:  # design contract: our fault is a temporary failure
-            log.error(
-                "milter: internal error on %r: %s: %s", bytes((command,)), type(exc).__name__, exc
-            )
-            if self.txn is not None:
-                self.txn.fault = True  # its end of message answers tempfail
-            else:
-                self.session_fault = True
-            if command == _BODYEOB or self.expects_reply(command):
-                self._out.append(mp.reply_code(TEMPFAIL))
-            return True
+            return self._fault(command, exc)
+
+    def _fault(self, command: int, exc: Exception) -> bool:
+        """An internal error handling ``command``: tempfail, never a permanent reject."""
+        log.error(
+            "milter: internal error on %r: %s: %s", bytes((command,)), type(exc).__name__, exc
+        )
+        if self.txn is not None:
+            self.txn.fault = True  # its end of message answers tempfail
+        else:
+            self.session_fault = True
+        if command == _BODYEOB or self.expects_reply(command):
+            self._out.append(mp.reply_code(TEMPFAIL))
+        return True
 
     def malformed(self, problem: mp.Malformed) -> bool:
         log.warning("milter: malformed packet, closing the connection: %s", problem.reason)
         return False
 
     def _reply_continue(self, command: int) -> None:
-        if self.expects_reply(command):
+        if command in self._replies:
             self._out.append(mp.CONTINUE)
 
     def _on_data(self, data: bytes) -> bool:
@@ -584,7 +651,9 @@ class MilterSession(asyncio.Protocol):
         if offer.version < 2:
             return self.malformed(mp.Malformed(f"milter protocol version {offer.version}"))
         actions = WANTED_ACTIONS & offer.actions
-        self.protocol = WANTED_PROTOCOL & offer.protocol
+        wanted = WANTED_PROTOCOL if self._ack_sock is not None else WANTED_PROTOCOL & ~NO_QUICKACK_REPLIES
+        self.protocol = wanted & offer.protocol
+        self._replies = frozenset(c for c, flag in _NO_REPLY_FLAG.items() if not self.protocol & flag)
         self.leading_space = bool(self.protocol & mp.SMFIP_HDR_LEADSPC)
         macros = MACRO_LISTS if actions & mp.SMFIF_SETSYMLIST else None
         self.negotiated = True
@@ -596,7 +665,7 @@ class MilterSession(asyncio.Protocol):
     def mail(self, sender: str) -> None:
         env = self.envelope(None, mail_from=sender)
         attribution = attribute(env, self.runtime.config.connectors)
-        self.txn = Transaction(mail_from=sender, attribution=attribution)
+        self.txn = Transaction(mail_from=sender, attribution=attribution, envelope=env)
         self._reply_continue(mp.SMFIC_MAIL[0])
 
     def rcpt(self, recipient: str) -> None:
@@ -622,7 +691,7 @@ class MilterSession(asyncio.Protocol):
                 reason = "P1 " + p1.reason
 
                 def refused() -> None:
-                    env = self.envelope(txn, (*txn.rcpts, recipient))
+                    env = dataclasses.replace(txn.envelope, rcpt_to=(*txn.rcpts, recipient))
                     self.record(env, txn, p2="unknown", decision="refused", verdict=None)
                     self.log_decision(env, txn.attribution, "refused", reason=reason)
 
@@ -668,7 +737,11 @@ class MilterSession(asyncio.Protocol):
         ):
             txn.truncated = True
             return
-        txn.headers.append(raw)
+        # Postfix sends header values with "\n" between folded lines (milter8.c,
+        # milter8_header: "Sendmail 8 sends multi-line headers as text separated by newline").
+        txn.headers.append(
+            raw if b"\n" not in raw else raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        )
         txn.collected += len(raw) + 2
 
     def body(self, chunk: bytes) -> None:
@@ -688,7 +761,11 @@ class MilterSession(asyncio.Protocol):
         if txn is None or txn.fault or self.session_fault:
             self._out.append(mp.reply_code(TEMPFAIL))
             return
-        env = self.envelope(txn)
+        env = dataclasses.replace(
+            txn.envelope,
+            rcpt_to=tuple(txn.rcpts),
+            receiver=self.runtime.config.gateway.hostname,
+        )
         queue_id = self.macro("i") or None
         if txn.forged_overflow:
             self._out.append(mp.reply_code(TOO_MANY_FORGED))
@@ -861,10 +938,7 @@ class MilterSession(asyncio.Protocol):
         ]
         ours = verdict_fields(cfg.header_prefix, verdict, notes, ar_value)
         for name, value in reversed(ours):
-            folded = fold(f"{name}: {value}")[len(name) + 1 :]
-            packets.append(
-                mp.insert_header(0, name, mp.header_value(folded, leading_space=self.leading_space))
-            )
+            packets.append(_insert_on_top(name, value, self.leading_space))
         return packets
 
     # -- records ----------------------------------------------------------------------------
