@@ -126,12 +126,20 @@ WANTED_PROTOCOL = (
 )
 NO_QUICKACK_REPLIES = mp.SMFIP_NR_DATA  # replies we keep when ACKs cannot be sent at once
 _TCP_QUICKACK: int = getattr(socket, "TCP_QUICKACK", 0)  # Linux only; 0: not here
-# The macros we read, per stage (Postfix then sends these instead of milter_*_macros).
+# The macros we read, per stage (Postfix then sends these instead of milter_*_macros). Every
+# stage has a list, also those we read nothing from (DATA, and end of headers, whose macros
+# Postfix sends before every header field): an empty list would mean "the global
+# milter_*_macros" (milter.c, MILTER_MACRO_EVAL), which an admin may have made long for
+# another milter. A macro packet goes out before every event in any case (milter8.c,
+# milter8_event sends one whenever the list exists, even empty), so "i" (the queue id, always
+# set) is as small as it gets.
 MACRO_LISTS = {
     mp.SMFIM_CONNECT: "j {client_addr} {client_name}",
     mp.SMFIM_HELO: "{tls_version} {cipher} {cert_subject} {cert_issuer}",
     mp.SMFIM_ENVFROM: "i {auth_type} {auth_authen}",
     mp.SMFIM_ENVRCPT: "i",
+    mp.SMFIM_DATA: "i",
+    mp.SMFIM_EOH: "i",
     mp.SMFIM_EOM: "i",
 }
 _NO_REPLY_FLAG = {

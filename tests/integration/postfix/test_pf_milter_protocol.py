@@ -179,6 +179,10 @@ def test_negotiation_asks_for_what_it_needs_and_no_more(mta: Mta) -> None:
     assert "{auth_authen}" in stages[2]  # SMFIM_ENVFROM
     assert "{cert_subject}" in stages[1]  # SMFIM_HELO
     assert "i" in stages[5]  # SMFIM_EOM: Postfix's queue id
+    # Every stage has a list, so the admin's global milter_*_macros never apply to ours; for
+    # DATA and the end of headers (sent before every header field) the shortest there is.
+    assert set(stages) == set(range(7))
+    assert stages[4] == stages[6] == ["i"]
 
 
 def test_p1_from_macros_anonymous_is_refused_sasl_and_verified_certificate_pass(milter: DsguardDaemon) -> None:
