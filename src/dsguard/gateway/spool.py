@@ -2,7 +2,8 @@
 
 Layout: one directory per state (all 0700), one file per entry (0600) named by the entry id::
 
-    <spool>/tmp/       files being written; never entries (recover() deletes them)
+    <spool>/tmp/       files being written, and emptied files kept for reuse; never
+                       entries (recover() adopts a complete enqueue found there, see below)
     <spool>/new/       accepted, waiting for the first delivery attempt
     <spool>/active/    claimed by one relay worker (an attempt is in progress); with
                        ``dsguard gateway --workers N``, worker slot k claims into active/w<k>/
@@ -28,6 +29,15 @@ name is durable once its directory has been fsync'd.
   rename leaves a file in tmp/ only: enqueue had not returned, the client got no 250 and will
   retry, and recover() deletes the file. Once a name exists in a state directory it points at
   data that was fsync'd before the rename, so no state directory ever holds a half-written file.
+- ``enqueue`` into a reused file (an emptied file of a delivered entry, whose name in tmp/ was
+  made durable by ``commit_retired`` before reuse): write, fsync the file, rename it to
+  ``new/<id>`` and return *without* the fsync of new/ (one disk flush less per message, the
+  latency of a lone client). The message is then durable under its tmp/ name; if a crash
+  loses the rename, recover() adopts the file: its header carries a ``crc`` of the message
+  (only enqueue writes one), and a file whose every announced byte is there with the right
+  checksum, and whose id is in no state directory, moves to new/; anything else in tmp/ is
+  deleted. The 250 may have been lost in the crash too: the client then sends again, and the
+  message is delivered twice, never zero times.
 - Metadata changes (``defer``, ``fail``, ``requeue_failed``) never edit a file in place: a
   complete new file is written to tmp/, fsync'd and renamed *over* ``active/<id>`` (an atomic
   replace), then ``active/<id>`` is renamed into the next state directory and both directories
@@ -36,21 +46,23 @@ name is durable once its directory has been fsync'd.
 - Every state change is a single rename, and only the worker that renamed an entry into
   active/ touches it there. Renaming a file that another worker already took fails with
   ENOENT, so two workers (threads or processes) never claim the same entry.
-- ``done`` moves ``active/<id>`` out to tmp/ (where recover() deletes everything), empties it
-  there and fsyncs active/; the next enqueue reuses that file (its inode: allocating one costs
+- ``done`` moves ``active/<id>`` out to tmp/ (where recover() deletes it), empties it
+  there and fsyncs active/ and tmp/; the next enqueue reuses that file (its inode: allocating one costs
   ext4 a scan past every recently deleted inode) instead of creating one. Without a usable
   tmp/ it unlinks. A crash before the fsync delivers the message again after recover():
   delivery is at-least-once, like SMTP itself (RFC 5321 6.1). ``retire`` +
   ``commit_retired`` are ``done`` in two halves (the relay runs the first on its event loop and
   group-commits the second in the background); a retired file is offered for reuse only after
-  that fsync, so no file is rewritten while its old name in active/ could come back.
+  those fsyncs, so no file is rewritten while its old name in active/ could come back. (Should
+  a crash keep the content of a delivered, retired file, recover() adopts it like any complete
+  enqueue: a second delivery, as above.)
 - Directory fsyncs are group commits (``_DirSync``): a caller returns once an fsync of the
   directory that started after its own rename/unlink has completed, so concurrent enqueues
   share one fsync of new/ instead of queueing one each.
 - ``recover`` (once at startup, before any relay worker runs) moves everything in active/ back
-  to new/, deletes tmp/ files, and wraps every file it cannot parse into a failed/ entry whose
-  message part is the damaged file's raw bytes and whose ``last_error`` says what is wrong. It
-  does not raise for a bad file.
+  to new/, adopts complete enqueues from tmp/ and deletes the rest there, and wraps every
+  file it cannot parse into a failed/ entry whose message part is the damaged file's raw
+  bytes and whose ``last_error`` says what is wrong. It does not raise for a bad file.
 
 Several gateway processes (``[gateway] workers``): each worker process has a slot k and its
 own ``active/w<k>/`` and ``tmp/w<k>/`` (``Spool(dir, slot=k)``); new/, deferred/ and failed/ are
@@ -87,6 +99,7 @@ import os
 import re
 import secrets
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -122,6 +135,7 @@ _MAX_FRESH: Final = 100_000
 # an inode allocation each (and unlinking them would make later allocations slower still:
 # ext4 skips recently deleted inodes). An empty file costs one inode and no blocks.
 _MAX_FREE: Final = 8192
+_FREE_PREFIX: Final = "free-"  # emptied files in tmp/ kept for reuse
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _OPEN_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
 _OPEN_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
@@ -192,7 +206,8 @@ class Spool:
     def enqueue(
         self, data: bytes, mail_from: str, rcpt_to: Sequence[str], meta: Mapping[str, str]
     ) -> SpoolEntry:
-        """Store a message durably; on return it is fsync'd in new/ (the gateway may say 250).
+        """Store a message durably; on return it is fsync'd in the spool (the gateway may say
+        250): in new/, or in a reused tmp/ file that recover() adopts (module docstring).
 
         Any OSError propagates (the gateway answers 451); nothing is left behind in new/ then.
         """
@@ -211,8 +226,10 @@ class Spool:
             last_error="",
             meta=dict(meta),
         )
-        header = _encode_header(entry, len(data))
-        chunks = (header, bytes(data))
+        data = bytes(data)
+        # The checksum marks a complete enqueue: recover() adopts such a file from tmp/.
+        header = _encode_header(entry, len(data), crc=zlib.crc32(data))
+        chunks = (header, data)
         inode = 0
         with self._lock:
             free = self._free.pop() if self._free else None
@@ -221,7 +238,8 @@ class Spool:
             tmp = f"{self._tmp_str}/{free}"
             with contextlib.suppress(OSError):  # gone or unusable: create a new file instead
                 inode = _write_durably(tmp, chunks, want_inode=True, reuse=True)
-        if not inode:
+        reused = bool(inode)
+        if not reused:
             tmp = self._tmp_path(entry.id)
             inode = _write_durably(tmp, chunks, want_inode=True)
         target = f"{self._new_str}/{entry.id}"  # the id was made here: a safe file name
@@ -230,12 +248,18 @@ class Spool:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        try:
-            self._dir_sync.sync(self._new_dir)
-        except BaseException:
-            # Durability unknown: take the entry back so the 451 the caller sends is the truth.
-            _unlink_quietly(target)
-            raise
+        if not reused:
+            # A file created just now: its name in tmp/ was never made durable, so the
+            # rename into new/ must be. A reused file's name in tmp/ is (commit_retired):
+            # fsync'd there it is already safe, and recover() adopts it should this rename
+            # be lost in a crash.
+            try:
+                self._dir_sync.sync(self._new_dir)
+            except BaseException:
+                # Durability unknown: take the entry back so the 451 the caller sends is
+                # the truth.
+                _unlink_quietly(target)
+                raise
         with self._lock:
             if len(self._fresh) >= _MAX_FRESH:
                 self._fresh.clear()  # only an optimisation: claim_fresh then rereads headers
@@ -325,7 +349,7 @@ class Spool:
         recycled = None
         with self._lock:
             if len(self._free) < _MAX_FREE:
-                recycled = f"free-{secrets.token_hex(8)}"
+                recycled = f"{_FREE_PREFIX}{secrets.token_hex(8)}"
         if recycled is not None:
             # Moved out of active/ instead of unlinked, for the next enqueue to reuse its
             # inode; tmp/ files are never entries (recover() deletes them).
@@ -359,6 +383,11 @@ class Spool:
         self._dir_sync.sync(self._active)
         reusable = [name for name in names if name is not None]
         if reusable:
+            # Their new names in tmp/ durable too: an enqueue into one of them then needs
+            # only its file fsync'd (recover() adopts it from tmp/ if its move into new/ is
+            # lost), and after a crash the file is never found back in active/ holding
+            # another message.
+            self._dir_sync.sync(self._tmp)
             with self._lock:
                 self._free.extend(reusable)
 
@@ -478,21 +507,22 @@ class Spool:
         return True
 
     def recover(self) -> int:
-        """Startup repair; returns how many interrupted entries went from active/ to new/.
+        """Startup repair; returns how many interrupted entries went (back) to new/.
 
-        Deletes tmp/ files (enqueue never returned for them), moves active/ (and every
-        worker's active/w<k>/) back to new/ (the process died mid-delivery) and moves unparsable
-        files aside into failed/. Problems with single files are logged, never raised.
+        Moves active/ (and every worker's active/w<k>/) back to new/ (the process died
+        mid-delivery), moves unparsable files aside into failed/, adopts complete enqueues from
+        tmp/ into new/ and deletes the other tmp/ files (enqueue never returned for them).
+        Problems with single files are logged, never raised.
         """
         if self.slot is not None:
             # A worker recovering would take the entries the other workers are delivering.
             raise RuntimeError("recover() runs in the supervisor, never in a worker")
-        self._clear_tmp(self.directory / TMP, slots=True)
         with self._lock:
             self._free.clear()
         recovered = 0
         for state in ("active", *self._slot_states(), "new", "deferred", "failed"):
             recovered += self._recover_state(state)
+        recovered += self._recover_tmp(self.directory / TMP, slots=True)
         _fsync_dir(self.directory / "new")
         with self._lock:
             self._due_cache.clear()
@@ -500,18 +530,18 @@ class Spool:
 
     def recover_slot(self, slot: int) -> int:
         """After gateway worker ``slot`` died (and before its replacement starts): move its
-        claimed entries (active/w<slot>/) back to new/ and delete its tmp/w<slot>/ files;
-        returns how many entries were requeued. Safe while the other workers run: nobody else
-        touches those two directories."""
+        claimed entries (active/w<slot>/) back to new/, adopt its complete enqueues from
+        tmp/w<slot>/ and delete the rest there; returns how many entries were requeued. Safe
+        while the other workers run: nobody else touches those two directories."""
         if slot == self.slot:
             raise RuntimeError("a worker cannot recover its own slot while it runs")
         name = _slot_name(slot)
         if not (self.directory / "active" / name).is_dir():
             return 0
         tmp = self.directory / TMP / name
-        if tmp.is_dir():
-            self._clear_tmp(tmp, slots=False)
         recovered = self._recover_state(f"active/{name}")
+        if tmp.is_dir():
+            recovered += self._recover_tmp(tmp, slots=False)
         _fsync_dir(self.directory / "new")
         return recovered
 
@@ -689,28 +719,84 @@ class Spool:
             return
         log.warning("spool: moved damaged %s/%s to failed/%s: %s", state, name, entry_id, reason)
 
-    def _clear_tmp(self, directory: Path, *, slots: bool) -> None:
-        """Delete the files in ``directory`` (and, with ``slots``, in the workers' tmp/w<k>/)."""
+    def _recover_tmp(self, directory: Path, *, slots: bool) -> int:
+        """Empty ``directory`` (with ``slots``, the workers' tmp/w<k>/ too): a complete
+        enqueue found there (``_adoptable``) moves to new/, everything else is deleted.
+        Returns how many were adopted. Runs after the state directories were recovered."""
+        known = self._known_ids()
+        adopted = 0
         with os.scandir(directory) as listing:
             items = builtins.list(listing)
         for item in items:
             if item.is_dir(follow_symlinks=False):
                 if slots and SLOT_PATTERN.match(item.name):
-                    self._clear_tmp(Path(item.path), slots=False)
+                    adopted += self._recover_tmp(Path(item.path), slots=False)
                 else:
                     log.warning("spool: ignoring directory %s", item.path)
                 continue
             try:
-                os.unlink(item.path)
+                # Only a reused file can hold mail acknowledged without its move into new/
+                # being durable (enqueue); a file created there is deleted, as before.
+                entry_id = _adoptable(item.path) if item.name.startswith(_FREE_PREFIX) else None
+                if entry_id is not None and entry_id not in known:
+                    os.rename(item.path, self._path("new", entry_id))
+                    known.add(entry_id)
+                    adopted += 1
+                    log.info("spool: adopted %s from %s", entry_id, item.path)
+                else:
+                    os.unlink(item.path)
             except OSError as exc:
-                log.error("spool: cannot delete %s: %s", item.path, exc)
+                log.error("spool: cannot recover %s: %s", item.path, exc)
         _fsync_dir(directory)
+        return adopted
+
+    def _known_ids(self) -> set[str]:
+        """Every entry id in a state directory (workers' active/w<k>/ included)."""
+        states = ("new", "active", *self._slot_states(), "deferred", "failed")
+        return {name for state in states for name in os.listdir(self.directory / state)}
+
+
+def _adoptable(path: str) -> str | None:
+    """The id of the complete enqueue in tmp/ file ``path``, else None.
+
+    Only ``enqueue`` writes a ``crc`` into a header (rewrites and splits do not: their
+    originals are still in a state directory), and a file counts as complete only with every
+    byte the header announces and the checksum right: a file cut short or holding blocks
+    that never reached the disk is not mail anyone was told was accepted.
+    """
+    try:
+        fd = os.open(path, _OPEN_READ)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        line = handle.readline(MAX_HEADER_BYTES + 1)
+        try:
+            fields = json.loads(line) if line.endswith(b"\n") else None
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(fields, dict) or not ID_PATTERN.match(str(fields.get("id"))):
+            return None
+        crc = fields.get("crc")
+        if not isinstance(crc, int) or isinstance(crc, bool):
+            return None
+        try:
+            entry, size = _entry_from_fields(fields, str(fields["id"]))
+        except SpoolCorruptError:
+            return None
+        running, length = 0, 0
+        for chunk in _chunks(handle):
+            running = zlib.crc32(chunk, running)
+            length += len(chunk)
+        if length != size or running != crc:
+            return None
+        return entry.id
 
 
 # -- file format -----------------------------------------------------------------------------
 
 
-def _encode_header(entry: SpoolEntry, size: int) -> bytes:
+def _encode_header(entry: SpoolEntry, size: int, *, crc: int | None = None) -> bytes:
+    """The header line; ``crc`` (zlib.crc32 of the message) only from ``enqueue``."""
     fields: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "id": entry.id,
@@ -723,6 +809,8 @@ def _encode_header(entry: SpoolEntry, size: int) -> bytes:
         "meta": entry.meta,
         "size": size,
     }
+    if crc is not None:
+        fields["crc"] = crc
     header = json.dumps(fields, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
     if len(header) > MAX_HEADER_BYTES:
         raise ValueError(f"spool header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")

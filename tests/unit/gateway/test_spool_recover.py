@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dsguard.gateway import spool as spool_module
 from dsguard.gateway.spool import ID_PATTERN, STATES, Spool, SpoolEntry
 
 MESSAGE = b"Subject: crash\r\n\r\n" + b"body with \x00 and \xff\r\n.\r\nend\n" * 40
@@ -74,6 +75,11 @@ elif operation == "split":
     spool.defer(entry, "450 busy", datetime.now(UTC), rcpt_to=["x@example.com"])
 elif operation == "recover":
     spool.recover()
+elif operation == "enqueue-reuse":
+    # A delivered entry's emptied file, then the enqueue that reuses it.
+    first = spool.enqueue(b"Subject: first\r\n\r\nfirst\r\n", "x@example.com", ["y@example.com"], {})
+    spool.done(spool.claim_fresh(first))
+    print(spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {"k": "v"}).id)
 """
 
 
@@ -171,6 +177,113 @@ def test_a_crash_at_any_step_of_enqueue_leaves_all_or_nothing(tmp_path: Path) ->
             assert entries[0].meta == {"k": "v"}
             break
         step += 1
+
+
+def test_a_crash_at_any_step_of_an_enqueue_into_a_reused_file_keeps_what_was_accepted(
+    tmp_path: Path,
+) -> None:
+    # The reused file's move into new/ is not fsync'd: recover() adopts it from tmp/.
+    step = 1
+    while True:
+        spool_dir = tmp_path / f"step{step}"
+        Spool(spool_dir)
+
+        output = run_child(spool_dir, "enqueue-reuse", step)
+        spool = Spool(spool_dir)
+        spool.recover()
+
+        assert os.listdir(spool_dir / "tmp") == []
+        assert spool.list("active") == []
+        assert [e for e in spool.list("failed")] == []
+        ours = [e for e in spool.list("new") if spool.read(e) == MESSAGE]
+        assert len(ours) <= 1
+        if output is not None:
+            assert [e.id for e in ours] == [output.strip()]
+            assert ours[0].meta == {"k": "v"}
+            break
+        step += 1
+    assert step > 8  # it crashed at every step before
+
+
+def _reuse_then_lose_the_rename(spool_dir: Path) -> SpoolEntry:
+    """An enqueue into a reused file whose rename into new/ a crash undid."""
+    spool = Spool(spool_dir)
+    first = spool.enqueue(b"first\r\n", "x@example.com", ["y@example.com"], {})
+    claimed = spool.claim_fresh(first)
+    assert claimed is not None
+    spool.done(claimed)
+    [free] = os.listdir(spool_dir / "tmp")
+    entry = spool.enqueue(MESSAGE, "a@example.com", ["b@example.com", "c@example.com"], {"k": "v"})
+    assert os.listdir(spool_dir / "tmp") == []  # the emptied file was reused
+    os.rename(spool_dir / "new" / entry.id, spool_dir / "tmp" / free)
+    return entry
+
+
+def test_recover_adopts_an_accepted_message_whose_move_into_new_was_lost(tmp_path: Path) -> None:
+    entry = _reuse_then_lose_the_rename(tmp_path)
+
+    spool = Spool(tmp_path)
+    assert spool.recover() == 1
+
+    [adopted] = spool.list("new")
+    assert adopted.id == entry.id
+    assert adopted.rcpt_to == ("b@example.com", "c@example.com")
+    assert adopted.meta == {"k": "v"}
+    assert spool.read(adopted) == MESSAGE
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+@pytest.mark.parametrize(
+    "damage", ["cut short", "one byte changed", "no checksum", "id already queued", "created file"]
+)
+def test_recover_adopts_only_complete_enqueues_from_tmp(tmp_path: Path, damage: str) -> None:
+    entry = _reuse_then_lose_the_rename(tmp_path)
+    [name] = os.listdir(tmp_path / "tmp")
+    path = tmp_path / "tmp" / name
+    data = path.read_bytes()
+    header, _, message = data.partition(b"\n")
+    if damage == "cut short":
+        path.write_bytes(data[:-1])
+    elif damage == "one byte changed":
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif damage == "no checksum":  # what a rewrite or split leaves in tmp/
+        fields = json.loads(header)
+        del fields["crc"]
+        path.write_bytes(json.dumps(fields).encode() + b"\n" + message)
+    elif damage == "id already queued":
+        (tmp_path / "deferred" / entry.id).write_bytes(data)
+    else:  # the same bytes in a file enqueue created (its move into new/ was fsync'd)
+        path.rename(tmp_path / "tmp" / f"{entry.id}.abcd1234")
+
+    Spool(tmp_path).recover()
+
+    assert os.listdir(tmp_path / "tmp") == []
+    assert os.listdir(tmp_path / "new") == []
+
+
+def test_a_reused_file_is_durable_in_tmp_before_reuse_and_skips_the_fsync_of_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real = spool_module._fsync_dir
+
+    def recording(path: Path) -> None:
+        synced.append(Path(path).name)
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", recording)
+    spool = Spool(tmp_path)
+    synced.clear()
+    first = spool.enqueue(b"first\r\n", "x@example.com", ["y@example.com"], {})
+    assert synced == ["new"]  # a created file: its rename into new/ is made durable
+    claimed = spool.claim_fresh(first)
+    assert claimed is not None
+    synced.clear()
+    spool.done(claimed)
+    assert sorted(synced) == ["active", "tmp"]  # removal, and the name reuse depends on
+    synced.clear()
+    spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {})
+    assert synced == []  # fsync'd in its durable tmp/ name; recover() adopts it if need be
 
 
 @pytest.mark.parametrize("operation", ["enqueue", "defer"])
