@@ -28,6 +28,8 @@ from tests.fixtures.gateway import (
     wait_at_sink,
 )
 
+from dsguard.policy.relay import RELAY_DENIED
+
 module_mail_world = gwf.module_mail_world
 module_gateway = gwf.module_gateway
 
@@ -130,6 +132,38 @@ def test_send_mailmessage_spoof_is_refused_with_microsofts_reply_swaks(
     assert "<** " + RDS_REPLY in done.stdout.splitlines()
     assert [d["decision"] for d in gw.decisions(since=mark)] == ["refused"]
     assert_never_delivered(gw, tag.encode())
+
+
+def test_a_pipelining_client_gets_every_reply_in_order(gw: GatewayProcess) -> None:
+    # swaks --pipeline sends MAIL, the RCPTs and DATA in one write (RFC 2920) once EHLO offers
+    # PIPELINING, then reads the replies in order: the campaign's spoof still gets 5.7.68 at its
+    # RCPT, a foreign recipient 5.7.1, and a legitimate message from the connector goes through.
+    tag = token()
+    spoof = swaks(
+        "--server", f"{gw.host}:{gw.port}", "--pipeline",
+        "--helo", "WIN-8R3K2LQ0PQ1",
+        "--from", "joe@contoso.com",
+        "--to", "joe@contoso.com,user@example.net",
+        "--body", f"spoof {tag}",
+    )
+    assert "<-  250-PIPELINING" in spoof.stdout.splitlines(), spoof.stdout
+    lines = swaks_server_lines(spoof.stdout)
+    assert RDS_REPLY in lines, spoof.stdout
+    assert RELAY_DENIED in lines, spoof.stdout
+    assert_never_delivered(gw, f"spoof {tag}".encode())
+
+    delivered = swaks(
+        "--server", f"{gw.host}:{gw.port}", "--pipeline", "--local-interface", "127.0.0.2",
+        "--helo", "DESKTOP-7QK2M9F",
+        "--from", "joe@contoso.com",
+        "--to", "ann@contoso.com,user@example.net,bob@contoso.com",
+        "--body", f"legitimate {tag}",
+    )
+    [arrived] = wait_at_sink(gw.world.sink, f"legitimate {tag}".encode())
+    assert arrived.rcpt_to == ("ann@contoso.com", "bob@contoso.com"), delivered.stdout
+    replies = swaks_server_lines(delivered.stdout)
+    assert RELAY_DENIED in replies, delivered.stdout
+    assert any(line.startswith("250 2.0.0 OK: queued as") for line in replies), delivered.stdout
 
 
 def test_spf_pass_does_not_exempt_p1(gw: GatewayProcess) -> None:

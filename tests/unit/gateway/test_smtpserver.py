@@ -251,7 +251,8 @@ def both(world: World, steps: Sequence[Step], listener: Listener = Listener()) -
         return old, new
 
     old, new = asyncio.run(run())
-    assert new == old
+    # The one intended difference in ordinary transcripts: EHLO also offers PIPELINING.
+    assert [reply.replace(b"250-PIPELINING\r\n", b"", 1) for reply in new] == old
     return new
 
 
@@ -521,7 +522,8 @@ def test_the_cases_say_something(world: World) -> None:
     replies = both(world, CASES["ordinary message"])
     assert replies[0] == b"220 gw.contoso.com dsguard ESMTP\r\n"
     assert replies[1] == (
-        b"250-gw.contoso.com\r\n250-SIZE 20000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 HELP\r\n"
+        b"250-gw.contoso.com\r\n250-SIZE 20000\r\n250-8BITMIME\r\n250-PIPELINING\r\n"
+        b"250-SMTPUTF8\r\n250 HELP\r\n"
     )
     assert replies[2:6] == [
         b"250 2.1.0 OK\r\n",
