@@ -129,8 +129,10 @@ POLICY_REQUEST = (
 class MilterDaemon(DsguardDaemon):
     """``dsguard milter`` with ``--workers N`` (the fixture starts one process)."""
 
-    def __init__(self, config: Path, workdir: Path, workers: int) -> None:
-        super().__init__("milter", config, workdir)
+    def __init__(
+        self, config: Path, workdir: Path, workers: int, unix_path: Path | None = None
+    ) -> None:
+        super().__init__("milter", config, workdir, unix_path=unix_path)
         self.workers = workers
         self.pids: list[int] = []
 
@@ -681,6 +683,13 @@ def main() -> None:
     # Internal: the null milter's own process (see NullMilter).
     ap.add_argument("--serve-null-milter", metavar="KIND", help=argparse.SUPPRESS)
     ap.add_argument("--milter-workers", type=int, default=1, help="dsguard milter --workers N")
+    ap.add_argument(
+        "--milter-socket",
+        choices=("inet", "unix"),
+        default="inet",
+        help="dsguard milter on 127.0.0.1:port (inet) or a unix socket (main.cf unix:/path); "
+        "unix implies --no-breakdown (its replay client speaks TCP) and one milter process",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     ap.add_argument(
         "--no-breakdown", action="store_true", help="skip 'where the time goes' after the runs"
@@ -689,6 +698,10 @@ def main() -> None:
     if args.serve_null_milter:
         serve_null_milter(args.serve_null_milter)
         return
+    if args.milter_socket == "unix":
+        if args.milter_workers != 1:
+            ap.error("--milter-socket unix: one milter process (a unix socket is not shared)")
+        args.no_breakdown = True
     levels = [int(c) for c in args.concurrency.split(",")]
     modes = args.modes.split(",")
     chosen = [s for s in SCENARIOS if s in args.scenarios.split(",")]
@@ -722,13 +735,16 @@ def main() -> None:
                     "organization": {"accepted_domains": ["contoso.com"], "reject_direct_send": "on"},
                     "gateway": {"hostname": "mx.contoso.com", "dns_servers": [dns.nameserver()]},
                     "storage": {"url": f"sqlite:///{tmp / 'events.sqlite3'}"},
+                    # The postfix user must write to a unix socket of this root-run milter.
+                    "milter": {"socket_mode": 0o666},
                 }
             ),
             encoding="utf-8",
         )
         policyd = DsguardDaemon("policyd", config, tmp).start()
         stack.callback(policyd.stop)
-        milter = MilterDaemon(config, tmp, args.milter_workers).start()
+        unix_path = tmp / "milter.sock" if args.milter_socket == "unix" else None
+        milter = MilterDaemon(config, tmp, args.milter_workers, unix_path).start()
         stack.callback(milter.stop)
         milters: dict[str, DsguardDaemon | NullMilter] = {"dsguard": milter}
         for kind in ("null", "nullhdrs", "nullmin"):
@@ -763,7 +779,7 @@ def main() -> None:
         print(
             f"Postfix {version}: "
             + ", ".join(f"{n} on :{i.port}" for n, (i, _) in instances.items())
-            + f"; policyd :{policyd.port}, milter :{milter.port}, smtp-sink :{sink.port}, "
+            + f"; policyd :{policyd.port}, milter {milter.address}, smtp-sink :{sink.port}, "
             f"nsd {dns.nameserver()}; temp dir {tmp}"
         )
         print(f"runs: {args.warmup:g} s warm-up + {args.duration:g} s counted each\n")

@@ -206,6 +206,20 @@ def _cidr_ranges(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes on Linux, 104 on the BSDs, the terminating NUL included.
+_MAX_SOCKET_PATH = 103
+
+
+def check_unix_socket_path(path: str, what: str) -> str:
+    """``unix:PATH`` for ``what`` if PATH is a usable socket path, else ValueError."""
+    if not path.startswith("/"):
+        raise ValueError(f"{what}: the unix socket path {path!r} must be absolute")
+    if len(path.encode()) > _MAX_SOCKET_PATH or "\x00" in path:
+        raise ValueError(f"{what}: the unix socket path {path!r} is too long for a socket")
+    return UNIX_PREFIX + path
+
+
 def _check_hostport(value: str, what: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -316,11 +330,17 @@ class Milter(_Strict):
     """The Postfix/Sendmail milter (``dsguard milter``); DNS, authserv-id and header prefix
     are the gateway's (``[gateway] dns_servers``, ``hostname``, ``header_prefix``)."""
 
+    # host:port, or unix:/absolute/path (Postfix: smtpd_milters = unix:/absolute/path).
     listen: str = "127.0.0.1:10041"
+    # Mode of a unix socket: Postfix's smtpd and cleanup (user postfix) must be able to write
+    # to it; 0o660 with the postfix user in the milter's group, as other milters do.
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
+        if value.startswith(UNIX_PREFIX):
+            return check_unix_socket_path(value[len(UNIX_PREFIX) :], "listen")
         return _check_hostport(value, "listen")
 
 

@@ -16,7 +16,7 @@ import typer
 from dsguard import workers as workers_mod
 from dsguard.cli.common import config_or_exit, store_or_exit
 from dsguard.cli.errors import fail
-from dsguard.config import Config, load_config
+from dsguard.config import UNIX_PREFIX, Config, check_unix_socket_path, load_config
 from dsguard.errors import ConfigError
 
 log = logging.getLogger("dsguard.milter")
@@ -33,7 +33,10 @@ _emit = workers_mod.emit
 def milter(
     config: Annotated[Path, typer.Option("--config", "-c", help="dsguard TOML config file.")],
     listen: Annotated[
-        str | None, typer.Option("--listen", help="HOST:PORT (default: milter.listen).")
+        str | None,
+        typer.Option(
+            "--listen", help="HOST:PORT or unix:/absolute/path (default: milter.listen)."
+        ),
     ] = None,
     workers: Annotated[
         int,
@@ -48,10 +51,20 @@ def milter(
     """Speak the milter protocol to Postfix: P1 at RCPT, P2 and content analysis at the end
     of each message (reject, hold, add headers).
 
-    In main.cf: smtpd_milters = inet:127.0.0.1:10041 and milter_default_action = tempfail.
+    In main.cf: smtpd_milters = inet:127.0.0.1:10041 (or unix:/path for --listen unix:/path)
+    and milter_default_action = tempfail.
     """
     cfg = config_or_exit(config)
     address = listen or cfg.milter.listen
+    if address.startswith(UNIX_PREFIX):
+        try:
+            check_unix_socket_path(address[len(UNIX_PREFIX) :], "--listen")
+        except ValueError as exc:
+            fail(str(exc))
+        if workers > 1:
+            fail("--workers: a unix socket is served by one process; listen on HOST:PORT for workers")
+        _serve(cfg, config, "", 0, None, parent=None, unix_path=address[len(UNIX_PREFIX) :])
+        return
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         fail(f"--listen: {address!r} is not HOST:PORT")
@@ -73,6 +86,7 @@ def _serve(
     sock: socket.socket | None,
     *,
     parent: int | None,
+    unix_path: str | None = None,
 ) -> None:
     """One milter process: the whole service, or one worker of ``--workers`` (``sock`` is its
     listening socket, ``parent`` the supervisor's pid)."""
@@ -87,7 +101,9 @@ def _serve(
 
     async def run() -> None:
         server = MilterServer(cfg, store)
-        bound = await server.start(host, port, sock=sock)
+        bound = await server.start(
+            host, port, sock=sock, unix_path=unix_path, socket_mode=cfg.milter.socket_mode
+        )
         if server.runtime.resolver is None:
             log.warning("milter: no [gateway] dns_servers configured: live SPF/DKIM/DMARC is off")
         loop = asyncio.get_running_loop()
@@ -107,7 +123,8 @@ def _serve(
         loop.add_signal_handler(signal.SIGTERM, stopping.set)
         loop.add_signal_handler(signal.SIGINT, stopping.set)
         if parent is None:
-            _emit({"event": "ready", "milter": f"{bound[0]}:{bound[1]}"})
+            where = f"unix:{bound[0]}" if unix_path else f"{bound[0]}:{bound[1]}"
+            _emit({"event": "ready", "milter": where})
         else:
             workers_mod.watch_parent(loop, parent, stopping.set)
             _emit({"event": "worker_ready", "pid": os.getpid()})
@@ -118,7 +135,7 @@ def _serve(
     try:
         asyncio.run(run())
     except OSError as exc:
-        fail(f"milter: {exc.strerror or exc} ({host}:{port})")
+        fail(f"milter: {exc.strerror or exc} ({f'unix:{unix_path}' if unix_path else f'{host}:{port}'})")
 
 
 def _supervise(cfg: Config, config: Path, host: str, port: int, count: int) -> None:

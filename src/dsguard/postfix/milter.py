@@ -50,8 +50,10 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import queue
 import socket
+import stat
 import threading
 import time
 from asyncio import trsock
@@ -300,6 +302,7 @@ class MilterSession(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._progress: asyncio.TimerHandle | None = None
         self._ack_sock: trsock.TransportSocket | None = None  # see _ack_now
+        self._unix = False  # a unix-domain connection (see connection_made)
         self._handlers: dict[int, Callable[[bytes], bool]] = {
             mp.SMFIC_MACRO[0]: self._on_macro,
             mp.SMFIC_CONNECT[0]: self._on_connect,
@@ -347,6 +350,8 @@ class MilterSession(asyncio.Protocol):
         # closes the connection when no packet came in that long.
         self._watchdog = loop.call_later(IDLE_TIMEOUT, self._check_idle)
         sock = transport.get_extra_info("socket")
+        # A unix socket has no Nagle delay and no delayed ACK: the DATA reply is never needed.
+        self._unix = sock is not None and sock.family == socket.AF_UNIX
         if _TCP_QUICKACK and sock is not None and sock.family in (
             socket.AF_INET,
             socket.AF_INET6,
@@ -659,7 +664,11 @@ class MilterSession(asyncio.Protocol):
         if offer.version < 2:
             return self.malformed(mp.Malformed(f"milter protocol version {offer.version}"))
         actions = WANTED_ACTIONS & offer.actions
-        wanted = WANTED_PROTOCOL if self._ack_sock is not None else WANTED_PROTOCOL & ~NO_QUICKACK_REPLIES
+        wanted = (
+            WANTED_PROTOCOL
+            if self._ack_sock is not None or self._unix
+            else WANTED_PROTOCOL & ~NO_QUICKACK_REPLIES
+        )
         self.protocol = wanted & offer.protocol
         self._replies = frozenset(c for c, flag in _NO_REPLY_FLAG.items() if not self.protocol & flag)
         self.leading_space = bool(self.protocol & mp.SMFIP_HDR_LEADSPC)
@@ -1013,6 +1022,7 @@ class MilterServer:
         self.runtime = make_runtime(config, self.events)
         self.analysts = Analysts()
         self.server: asyncio.base_events.Server | None = None
+        self._unix_path: str | None = None
         self.connections = 0
 
     def reload(self, config: Config) -> None:
@@ -1023,11 +1033,25 @@ class MilterServer:
         asyncio.get_running_loop().call_later(60, old.engine.close)
 
     async def start(
-        self, host: str, port: int, *, sock: socket.socket | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        sock: socket.socket | None = None,
+        unix_path: str | None = None,
+        socket_mode: int = 0o660,
     ) -> tuple[str, int]:
-        """Listen on ``host:port``, or accept on ``sock``, a listening socket made by the caller
+        """Listen on ``host:port``, on the unix socket ``unix_path`` (created with
+        ``socket_mode``; a stale socket left there by a dead milter is replaced, anything
+        else there is an error), or accept on ``sock``, a listening socket made by the caller
         (the worker processes of ``dsguard milter --workers``)."""
         loop = asyncio.get_running_loop()
+        if unix_path is not None:
+            _remove_stale_socket(unix_path)
+            self.server = await loop.create_unix_server(lambda: MilterSession(self), unix_path)
+            self._unix_path = unix_path
+            os.chmod(unix_path, socket_mode)
+            return unix_path, 0
         if sock is not None:
             self.server = await loop.create_server(lambda: MilterSession(self), sock=sock)
         else:
@@ -1041,6 +1065,30 @@ class MilterServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
         self.analysts.close()
         self.runtime.engine.close()
         self.events.close()
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Make room for our socket at ``path``: a socket file nobody accepts on (a milter that
+    died) goes; a live one, or anything that is not a socket, is an error (OSError)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # refused: nobody listens there any more
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another milter is listening there")

@@ -80,3 +80,20 @@ def test_gateway_workers_is_one_to_sixty_four(tmp_path: Path) -> None:
         cfg.write_text(f"[gateway]\nworkers = {bad}\n")
         with pytest.raises(ConfigError, match="workers"):
             load_config(cfg)
+
+
+def test_milter_listens_on_host_port_or_an_absolute_unix_socket_path(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    defaults = load_config(None).milter
+    assert (defaults.listen, defaults.socket_mode) == ("127.0.0.1:10041", 0o660)
+    cfg.write_text('[milter]\nlisten = "unix:/run/dsguard/milter.sock"\nsocket_mode = 0o666\n')
+    milter = load_config(cfg).milter
+    assert (milter.listen, milter.socket_mode) == ("unix:/run/dsguard/milter.sock", 0o666)
+    for bad, why in (
+        ("unix:run/milter.sock", "must be absolute"),
+        ("unix:/" + "d" * 120, "too long"),
+        ("localhost", "host:port"),
+    ):
+        cfg.write_text(f'[milter]\nlisten = "{bad}"\n')
+        with pytest.raises(ConfigError, match=why):
+            load_config(cfg)
