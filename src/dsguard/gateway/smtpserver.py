@@ -760,31 +760,45 @@ class SmtpSession(asyncio.Protocol):
         else:
             self._reply("252 Cannot VRFY user, but will accept message and attempt delivery")
 
+    def _syntax(self, usage: str) -> str:
+        """aiosmtpd's 501 for MAIL/RCPT: parameters are mentioned after EHLO only."""
+        assert self.session is not None
+        suffix = " [SP <mail-parameters>]" if self.session.extended_smtp else ""
+        return f"501 Syntax: {usage}{suffix}"
+
+    def _path_argument(
+        self, keyword: str, arg: str | None, syntax: str
+    ) -> tuple[str, list[str]] | None:
+        """MAIL's ``FROM:<path> params`` or RCPT's ``TO:<path> params``: the address and the
+        upper-cased parameters, or None after replying why not (parameters only after EHLO)."""
+        assert self.session is not None
+        path = _strip_keyword(keyword, arg) if arg is not None else None
+        if path is None:
+            self._reply(syntax)
+            return None
+        address, rest = parse_path(path)
+        if address is None:
+            self._reply("553 5.1.3 Error: malformed address")
+            return None
+        if not address or (not self.session.extended_smtp and rest):
+            self._reply(syntax)
+            return None
+        return address, (rest or "").upper().split()
+
     def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802
         if self._helo_needed() or self._auth_needed():
             return
         session = self.session
         assert session is not None
-        syntax = "501 Syntax: MAIL FROM: <address>"
-        if session.extended_smtp:
-            syntax += " [SP <mail-parameters>]"
-        path = _strip_keyword("FROM:", arg) if arg is not None else None
-        if path is None:
-            self._reply(syntax)
+        syntax = self._syntax("MAIL FROM: <address>")
+        parsed = self._path_argument("FROM:", arg, syntax)
+        if parsed is None:
             return
-        address, rest = parse_path(path)
-        if address is None:
-            self._reply("553 5.1.3 Error: malformed address")
-            return
-        if not address or (not session.extended_smtp and rest):
-            self._reply(syntax)
-            return
+        address, options = parsed
         envelope = self.envelope
         if envelope.mail_from:
             self._reply("503 Error: nested MAIL command")
             return
-        assert rest is not None
-        options = rest.upper().split()
         refusal = self._mail_params(options, syntax)
         if refusal:
             self._reply(refusal)
@@ -827,22 +841,11 @@ class SmtpSession(asyncio.Protocol):
             return
         session = self.session
         assert session is not None
-        syntax = "501 Syntax: RCPT TO: <address>"
-        if session.extended_smtp:
-            syntax += " [SP <mail-parameters>]"
-        path = _strip_keyword("TO:", arg) if arg is not None else None
-        if path is None:
-            self._reply(syntax)
+        syntax = self._syntax("RCPT TO: <address>")
+        parsed = self._path_argument("TO:", arg, syntax)
+        if parsed is None:
             return
-        address, rest = parse_path(path)
-        if address is None:
-            self._reply("553 5.1.3 Error: malformed address")
-            return
-        if not address or (not session.extended_smtp and rest):
-            self._reply(syntax)
-            return
-        assert rest is not None
-        options = rest.upper().split()
+        address, options = parsed
         params = parse_params(options)
         if params is None:
             self._reply(syntax)
