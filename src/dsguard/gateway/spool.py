@@ -21,8 +21,11 @@ Header and message live in one file so that one fsync and one rename make both d
 
 Crash safety (design contract: "a message acknowledged with 250 is on disk (fsync'd) before the
 reply, and is delivered or quarantined after any crash or restart"). The argument, the one
-Postfix's queue rests on, uses two facts: rename(2) within a file system is atomic, and a new
-name is durable once its directory has been fsync'd.
+Postfix's queue rests on, uses two facts: rename(2) within a file system is atomic, also
+across a crash (after a power loss a renamed file is under its old name or its new one, never
+under neither: the rename is one transaction of the journal on ext4, XFS and btrfs; POSIX
+alone does not promise it, and the unfsync'd claims below rely on it too), and a new name is
+durable once its directory has been fsync'd.
 
 - ``enqueue``: write header+message to ``tmp/<id>``, fsync the file, rename it to ``new/<id>``,
   fsync ``new/``; only then return (and only then may the gateway say 250). A crash before the
@@ -46,16 +49,17 @@ name is durable once its directory has been fsync'd.
 - Every state change is a single rename, and only the worker that renamed an entry into
   active/ touches it there. Renaming a file that another worker already took fails with
   ENOENT, so two workers (threads or processes) never claim the same entry.
-- ``done`` moves ``active/<id>`` out to tmp/ (where recover() deletes it), empties it
-  there and fsyncs active/ and tmp/; the next enqueue reuses that file (its inode: allocating one costs
-  ext4 a scan past every recently deleted inode) instead of creating one. Without a usable
-  tmp/ it unlinks. A crash before the fsync delivers the message again after recover():
-  delivery is at-least-once, like SMTP itself (RFC 5321 6.1). ``retire`` +
-  ``commit_retired`` are ``done`` in two halves (the relay runs the first on its event loop and
-  group-commits the second in the background); a retired file is offered for reuse only after
-  those fsyncs, so no file is rewritten while its old name in active/ could come back. (Should
-  a crash keep the content of a delivered, retired file, recover() adopts it like any complete
-  enqueue: a second delivery, as above.)
+- ``done`` moves ``active/<id>`` out to ``tmp/done-*`` (which recover() deletes), empties it
+  there, fsyncs active/, renames it to ``tmp/free-*`` and fsyncs tmp/; the next enqueue reuses
+  that file (its inode: allocating one costs ext4 a scan past every recently deleted inode)
+  instead of creating one. Without a usable tmp/ it unlinks. A crash before the fsync of
+  active/ delivers the message again after recover(): delivery is at-least-once, like SMTP
+  itself (RFC 5321 6.1). ``retire`` + ``commit_retired`` are ``done`` in two halves (the relay
+  runs the first on its event loop and group-commits the second in the background); a retired
+  file is offered for reuse only after those fsyncs, so no file is rewritten while its old
+  name in active/ could come back. A delivered file is never adopted: it is a ``done-*`` until
+  it is empty. (Were its emptying lost in a power cut while its rename to ``free-*`` was not,
+  which a journaling file system's ordering rules out, it would be delivered a second time.)
 - Directory fsyncs are group commits (``_DirSync``): a caller returns once an fsync of the
   directory that started after its own rename/unlink has completed, so concurrent enqueues
   share one fsync of new/ instead of queueing one each.
@@ -98,6 +102,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -135,7 +140,8 @@ _MAX_FRESH: Final = 100_000
 # an inode allocation each (and unlinking them would make later allocations slower still:
 # ext4 skips recently deleted inodes). An empty file costs one inode and no blocks.
 _MAX_FREE: Final = 8192
-_FREE_PREFIX: Final = "free-"  # emptied files in tmp/ kept for reuse
+_FREE_PREFIX: Final = "free-"  # emptied files in tmp/ kept for reuse (durable names)
+_RETIRED_PREFIX: Final = "done-"  # delivered files in tmp/ until commit_retired
 _CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _OPEN_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | _CLOEXEC
 _OPEN_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
@@ -349,7 +355,7 @@ class Spool:
         recycled = None
         with self._lock:
             if len(self._free) < _MAX_FREE:
-                recycled = f"{_FREE_PREFIX}{secrets.token_hex(8)}"
+                recycled = f"{_RETIRED_PREFIX}{secrets.token_hex(8)}"
         if recycled is not None:
             # Moved out of active/ instead of unlinked, for the next enqueue to reuse its
             # inode; tmp/ files are never entries (recover() deletes them).
@@ -381,10 +387,23 @@ class Spool:
         all of them) and only then offer their files to enqueue: a file is never rewritten
         while its old name in active/ could come back after a crash."""
         self._dir_sync.sync(self._active)
-        reusable = [name for name in names if name is not None]
+        reusable = []
+        for name in names:
+            if name is None:
+                continue
+            # done-* (emptied, never adopted by recover()) -> free-*: only now, after the
+            # truncate, may the name say "enqueue may write here" (_recover_tmp adopts
+            # complete enqueues from free-* files only).
+            free = _FREE_PREFIX + name.removeprefix(_RETIRED_PREFIX)
+            try:
+                os.rename(f"{self._tmp_str}/{name}", f"{self._tmp_str}/{free}")
+            except OSError:
+                _unlink_quietly(f"{self._tmp_str}/{name}")
+                continue
+            reusable.append(free)
         if reusable:
-            # Their new names in tmp/ durable too: an enqueue into one of them then needs
-            # only its file fsync'd (recover() adopts it from tmp/ if its move into new/ is
+            # Their names in tmp/ durable too: an enqueue into one of them then needs only
+            # its file fsync'd (recover() adopts it from tmp/ if its move into new/ is
             # lost), and after a crash the file is never found back in active/ holding
             # another message.
             self._dir_sync.sync(self._tmp)
@@ -575,6 +594,8 @@ class Spool:
                 self._set_aside(state, item.name, str(exc))
             except OSError as exc:
                 log.error("spool: cannot recover %s/%s: %s", state, item.name, exc)
+        if recovered:
+            _fsync_dir(self.directory / "new")  # the new names first, then the removals
         _fsync_dir(directory)
         return recovered
 
@@ -747,6 +768,8 @@ class Spool:
                     os.unlink(item.path)
             except OSError as exc:
                 log.error("spool: cannot recover %s: %s", item.path, exc)
+        if adopted:
+            _fsync_dir(self.directory / "new")  # the new names first, then the removals
         _fsync_dir(directory)
         return adopted
 
@@ -765,8 +788,16 @@ def _adoptable(path: str) -> str | None:
     that never reached the disk is not mail anyone was told was accepted.
     """
     try:
-        fd = os.open(path, _OPEN_READ)
+        # O_NONBLOCK: a FIFO planted in tmp/ must not hang recover(); then regular files only.
+        fd = os.open(path, _OPEN_READ | os.O_NONBLOCK)
     except OSError:
+        return None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
         return None
     with os.fdopen(fd, "rb") as handle:
         line = handle.readline(MAX_HEADER_BYTES + 1)

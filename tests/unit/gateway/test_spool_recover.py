@@ -483,3 +483,31 @@ def test_a_damaged_deferred_file_is_set_aside_when_claimed(tmp_path: Path) -> No
     [failed] = spool.list("failed")
     assert failed.id == entry_id
     assert "corrupt" in failed.last_error
+
+
+def test_a_delivered_file_retired_but_not_yet_emptied_is_not_delivered_again(
+    tmp_path: Path,
+) -> None:
+    # A crash right after retire's rename (before its truncate): the full file sits in tmp/.
+    spool = Spool(tmp_path)
+    entry = spool.enqueue(MESSAGE, "a@example.com", ["b@example.com"], {})
+    claimed = spool.claim_fresh(entry)
+    assert claimed is not None
+    data = (tmp_path / "active" / entry.id).read_bytes()
+    name = spool.retire(claimed)
+    assert name is not None and name.startswith("done-")
+    (tmp_path / "tmp" / name).write_bytes(data)  # as if the truncate never happened
+
+    Spool(tmp_path).recover()
+
+    assert os.listdir(tmp_path / "tmp") == []
+    assert all_entries(Spool(tmp_path)) == []
+
+
+def test_recover_does_not_hang_on_a_fifo_in_tmp(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    os.mkfifo(tmp_path / "tmp" / "free-0123456789abcdef")  # nobody will ever write to it
+
+    spool.recover()  # returns: the FIFO is not opened for reading and waited on
+
+    assert os.listdir(tmp_path / "tmp") == []
