@@ -87,6 +87,7 @@ SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, closing connection"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 IDLE_TIMEOUT = "421 4.4.2 Idle timeout, closing connection"
 FALLBACK_TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
+SETUP_FAILED = "421 4.3.0 Temporary local problem, closing connection"
 
 LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 octets + CRLF, + a transparency dot (aiosmtpd)
 COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4 (aiosmtpd's command_size_limit, CRLF not counted)
@@ -418,7 +419,15 @@ class SmtpSession(asyncio.Protocol):
         if self._closed:
             return
         if self._scanner is not None:
-            self._feed_data(data)
+            try:
+                self._feed_data(data)
+            except Exception as error:  # our fault while reading the data: 451, then close
+                # (what is still on its way of the message must not be read as commands)
+                self._scanner = None
+                self._new_envelope()
+                self._reply(self._fault(error))
+                self._close_after_replies()
+                return
         else:
             self._buf += data
         if self._task is None:
@@ -911,16 +920,25 @@ class SmtpSession(asyncio.Protocol):
             return
         self.transport = tls_transport
         self.tls_active = True
-        old = self.session
-        if old is not None:
-            self.handler.forget(old)
-        # A new session: the client must say EHLO again; nothing from before TLS carries over.
-        session = self.session = Session(tls_transport.get_extra_info("peername"))
-        session.ssl = {
-            name: tls_transport.get_extra_info(name)
-            for name in ("ssl_object", "cipher", "peercert", "compression")
-        }
-        self._new_envelope()
+        try:
+            old = self.session
+            if old is not None:
+                self.handler.forget(old)
+            # A new session: the client must say EHLO again; nothing from before TLS carries
+            # over.
+            session = self.session = Session(tls_transport.get_extra_info("peername"))
+            session.ssl = {
+                name: tls_transport.get_extra_info(name)
+                for name in ("ssl_object", "cipher", "peercert", "compression")
+            }
+            self._new_envelope()
+        except Exception:
+            # Our fault, not the client's: say so (a temporary failure) and end the session;
+            # left as it was, the session would serve nothing until its time limit.
+            log.exception("session setup after STARTTLS failed")
+            self._task = None
+            self._say_and_close(SETUP_FAILED)
+            return
         self._resume()
 
     # -- AUTH (RFC 4954) --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from tests.unit.gateway.legacy_smtp import AiosmtpdHooks, LegacyGatewaySMTP, leg
 
 from dsguard.config import load_config
 from dsguard.engine import Engine
+from dsguard.gateway import smtpdata
 from dsguard.gateway.handler import GatewayHandler, Runtime
 from dsguard.gateway.server import AuthThrottle
 from dsguard.gateway.smtpserver import (
@@ -746,6 +747,48 @@ def test_a_fault_at_the_end_of_data_ends_the_transaction(world: World) -> None:
     replies = asyncio.run(run())
     assert replies[5] == b"451 4.3.0 Temporary local problem, please try again later\r\n"
     assert replies[6] == b"250 2.1.0 OK\r\n"  # aiosmtpd: 503 nested MAIL command
+
+
+class _ForgetsBadly(GatewayHandler):
+    def forget(self, session: Any) -> None:
+        raise RuntimeError("bookkeeping on fire")
+
+
+def _with_handler(world: World, listener: Listener, handler: Any, steps: list[Step]) -> list[bytes]:
+    async def run() -> list[bytes]:
+        gate = ConnectionGate(10, 10)
+        settings = _settings(world, listener)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SmtpSession(handler, settings, gate), "127.0.0.1", 0
+        )
+        try:
+            return await _transcript(server.sockets[0].getsockname()[1], steps, world.client_tls)
+        finally:
+            server.close()
+
+    return asyncio.run(run())
+
+
+def test_a_fault_setting_up_the_tls_session_is_a_421_not_a_silent_session(world: World) -> None:
+    handler = _ForgetsBadly(world.runtime, submission=False)
+    replies = _with_handler(world, MX_TLS, handler, [STARTTLS_STEP, STARTTLS, EHLO])
+    assert replies[1].startswith(b"220 ")
+    assert replies[2].startswith(b"421 4.3.0 Temporary local problem")
+
+
+def test_a_fault_while_reading_the_data_is_a_451_and_the_rest_is_not_read_as_commands(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any, chunk: bytes) -> bool:
+        raise RuntimeError("scanner on fire")
+
+    monkeypatch.setattr(smtpdata.DataScanner, "feed", broken)
+    steps: list[Step] = [*INBOUND, (b"DATA\r\n", 1), (b"RSET\r\nNOOP\r\n.\r\n", 1)]
+    replies = _with_handler(world, Listener(), GatewayHandler(world.runtime), steps)
+    assert replies[5].startswith(b"451 4.3.0 Temporary local problem")
+    # Then closed: no reply to "RSET" and "NOOP" (message data) nor to the QUIT sent after.
+    assert replies[6:] == [b""]
 
 
 # -- limits of the new server over real sockets -------------------------------------------------------
