@@ -195,11 +195,31 @@ def test_downstream_outage_defers_then_delivers(
         return any(tag.encode() in p.read_bytes() for p in gw.spool_files("deferred"))
 
     wait_until(deferred, "the message to be deferred")
-    listing = gw.cli("spool", "list", "deferred").stdout
-    assert "news@example.org -> ann@contoso.com" in listing
+    # The retry (0.3 s here) claims it again and again, so each look may find it in active/
+    # for a moment: look until one finds it deferred.
+    listing = ""
+
+    def listed() -> bool:
+        nonlocal listing
+        listing = gw.cli("spool", "list", "deferred").stdout
+        return "news@example.org -> ann@contoso.com" in listing
+
+    wait_until(listed, "the entry in `dsguard spool list deferred`")
     assert f"127.0.0.1:{port}" in listing  # the reason names the unreachable downstream
-    header = json.loads(gw.spool_files("deferred")[0].read_bytes().split(b"\n", 1)[0])
-    assert header["attempts"] >= 1
+    headers: list[dict[str, object]] = []
+
+    def header_read() -> bool:
+        for path in gw.spool_files("deferred"):
+            try:
+                headers.append(json.loads(path.read_bytes().split(b"\n", 1)[0]))
+            except FileNotFoundError:
+                continue  # claimed for the next attempt meanwhile
+            return True
+        return False
+
+    wait_until(header_read, "a deferred entry's header")
+    attempts = headers[0]["attempts"]
+    assert isinstance(attempts, int) and attempts >= 1
 
     sink.start()
     assert sink.port == port
