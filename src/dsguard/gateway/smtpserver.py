@@ -138,7 +138,9 @@ _SIMPLE_PATH = re.compile(
 )
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 (Unicode category Cc) and the line/paragraph separators (Zl, Zp): none is
+# allowed in a path (RFC 5321 4.1.2; RFC 6531 3.3 adds only graphic UTF-8 to it).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class LoginPassword(NamedTuple):

@@ -689,12 +689,15 @@ def test_addresses_with_control_characters_are_malformed(world: World) -> None:
         (b"MAIL FROM:<news@example.org>\r\n", 1),
         (b'RCPT TO:<"ann\x01"@contoso.com>\r\n', 1),
         (b"RCPT TO:<ann@contoso.com>\r\n", 1),
+        ('RCPT TO:<"b\u0085"@contoso.com>\r\n'.encode(), 1),
+        ("RCPT TO:<c\u2028d@contoso.com>\r\n".encode(), 1),
     ]
     replies = new_only(world, steps)
     malformed = b"553 5.1.3 Error: malformed address\r\n"
     assert replies[2:5] == [malformed] * 3
     assert replies[5].startswith(b"250 ") and replies[7].startswith(b"250 ")
     assert replies[6] == malformed
+    assert replies[8:10] == [malformed, malformed]  # U+0085 (C1) and U+2028
 
 
 def test_size_takes_ascii_digits_only(world: World) -> None:
